@@ -1,0 +1,99 @@
+"""The ``fhir-match`` command: flags and environment to Settings, one subcommand, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from fhir_match import __version__
+from fhir_match.config import Settings, load_settings, mask_url_password
+from fhir_match.errors import ConfigError, FhirError, FhirMatchError
+
+__all__ = ["EXIT_CONFIG", "EXIT_FAILURE", "EXIT_OK", "EXIT_UNAVAILABLE", "main"]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+"""The command ran but something failed (a check, or records that had to be skipped)."""
+EXIT_CONFIG = 2
+"""Bad flags or settings; nothing was done."""
+EXIT_UNAVAILABLE = 3
+"""A service the command needs (FHIR server, Redis, worker) did not answer."""
+
+WORKER_TIMEOUT_S = 60.0
+
+
+def fatal(message: str, code: int) -> NoReturn:
+    print(f"fhir-match: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings()
+    if getattr(args, "fhir_url", None):
+        settings = Settings(settings.fhir.with_base_url(args.fhir_url), settings.redis_url)
+    return settings
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Check that the FHIR server, Redis and a worker answer, and that the worker reaches FHIR."""
+    from fhir_match.fhir import FhirClient
+    from fhir_match.server import describe_server
+
+    settings = _settings(args)
+    report: dict[str, object] = {"settings": settings.as_json()}
+    with FhirClient(settings.fhir) as client:
+        report["fhir_server"] = describe_server(client)
+    if args.worker:
+        import redis
+
+        from worker.tasks import check_fhir_server
+
+        try:
+            redis.Redis.from_url(settings.redis_url, socket_timeout=5).ping()
+        except redis.RedisError as exc:
+            where = mask_url_password(settings.redis_url)
+            fatal(f"Redis at {where} did not answer: {exc}", EXIT_UNAVAILABLE)
+        result = check_fhir_server.delay(settings.fhir.base_url)
+        try:
+            report["worker"] = result.get(timeout=WORKER_TIMEOUT_S)
+        except TimeoutError:
+            fatal(f"no worker answered within {WORKER_TIMEOUT_S:.0f}s", EXIT_UNAVAILABLE)
+    print(json.dumps(report, indent=2))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fhir-match",
+        description="Find clinical-trial candidates in an EHR over FHIR R4.",
+    )
+    parser.add_argument("--version", action="version", version=f"fhir-match {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    status = commands.add_parser("status", help=cmd_status.__doc__)
+    status.add_argument("--fhir-url", help="FHIR base URL (default: $FHIR_BASE_URL)")
+    status.add_argument(
+        "--no-worker", dest="worker", action="store_false", help="skip the Redis and worker checks"
+    )
+    status.set_defaults(run=cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except ConfigError as exc:
+        fatal(str(exc), EXIT_CONFIG)
+    except FhirError as exc:
+        fatal(str(exc), EXIT_UNAVAILABLE if exc.status is None else EXIT_FAILURE)
+    except FhirMatchError as exc:
+        fatal(str(exc), EXIT_FAILURE)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,131 @@
+"""Settings: built once, at the edge, from the environment; passed down as plain frozen data."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from fhir_match.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_FHIR_BASE_URL",
+    "DEFAULT_REDIS_URL",
+    "PROJECT_DIR",
+    "AuthMethod",
+    "FhirSettings",
+    "Settings",
+    "load_settings",
+    "mask_url_password",
+]
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+"""The checkout: cql/, mappings/ and node/ are read from here (fhir-match runs from source)."""
+
+DEFAULT_FHIR_BASE_URL = "http://127.0.0.1:8080/fhir"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_MAX_RETRIES = 5
+DEFAULT_MAX_WAIT_S = 120.0
+"""Longest total time one request may spend waiting between retries."""
+
+AuthMethod = Literal["none", "basic", "bearer"]
+_MASK = "***"
+
+
+@dataclass(frozen=True)
+class FhirSettings:
+    """How to reach one FHIR server."""
+
+    base_url: str = DEFAULT_FHIR_BASE_URL
+    auth: AuthMethod = "none"
+    username: str = ""
+    password: str = field(default="", repr=False)
+    token: str = field(default="", repr=False)
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    max_retries: int = DEFAULT_MAX_RETRIES
+    max_wait_s: float = DEFAULT_MAX_WAIT_S
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"FHIR_BASE_URL must be an http(s) URL, got {self.base_url!r}")
+        if self.auth == "basic" and not (self.username and self.password):
+            raise ConfigError("FHIR_AUTH=basic needs FHIR_USERNAME and FHIR_PASSWORD")
+        if self.auth == "bearer" and not self.token:
+            raise ConfigError("FHIR_AUTH=bearer needs FHIR_TOKEN")
+        if self.timeout_s <= 0:
+            raise ConfigError("FHIR_TIMEOUT must be a positive number of seconds")
+        if self.max_retries < 0:
+            raise ConfigError("FHIR_MAX_RETRIES must be 0 or more")
+
+    def with_base_url(self, base_url: str) -> FhirSettings:
+        """The same settings for another server (a --fhir-url flag)."""
+        return replace(self, base_url=base_url)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run needs to know, recorded with each run (secrets masked)."""
+
+    fhir: FhirSettings = field(default_factory=FhirSettings)
+    redis_url: str = DEFAULT_REDIS_URL
+
+    def as_json(self) -> dict[str, object]:
+        """A JSON-ready copy with every secret masked, fit to log or store with a run."""
+        data = asdict(self)
+        fhir = data["fhir"]
+        for secret in ("password", "token"):
+            if fhir[secret]:
+                fhir[secret] = _MASK
+        data["redis_url"] = mask_url_password(self.redis_url)
+        return data
+
+
+def mask_url_password(url: str) -> str:
+    """The URL with its password (if any) masked, fit for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", f":{_MASK}@", 1)
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _auth(env: Mapping[str, str]) -> AuthMethod:
+    raw = env.get("FHIR_AUTH", "").strip().lower()
+    if not raw:
+        # No explicit method: infer it from which secret is present.
+        if env.get("FHIR_TOKEN"):
+            return "bearer"
+        return "basic" if env.get("FHIR_USERNAME") else "none"
+    if raw not in ("none", "basic", "bearer"):
+        raise ConfigError(f"FHIR_AUTH must be none, basic or bearer, got {raw!r}")
+    return raw  # type: ignore[return-value]
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings from environment variables (the README lists them)."""
+    env = os.environ if env is None else env
+    fhir = FhirSettings(
+        base_url=env.get("FHIR_BASE_URL") or DEFAULT_FHIR_BASE_URL,
+        auth=_auth(env),
+        username=env.get("FHIR_USERNAME", ""),
+        password=env.get("FHIR_PASSWORD", ""),
+        token=env.get("FHIR_TOKEN", ""),
+        timeout_s=_number(env, "FHIR_TIMEOUT", DEFAULT_TIMEOUT_S),
+        max_retries=int(_number(env, "FHIR_MAX_RETRIES", DEFAULT_MAX_RETRIES)),
+        max_wait_s=_number(env, "FHIR_MAX_WAIT", DEFAULT_MAX_WAIT_S),
+    )
+    return Settings(fhir=fhir, redis_url=env.get("REDIS_URL") or DEFAULT_REDIS_URL)

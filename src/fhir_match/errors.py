@@ -1,0 +1,65 @@
+"""The error tree: every exception fhir-match raises is defined here.
+
+Split by what the caller does next::
+
+    FhirMatchError
+    ├── ConfigError            stop before starting: settings are missing or wrong
+    ├── FhirError              a FHIR request failed; carries method, URL, status, outcome
+    │   ├── TransientFhirError retry later: 408/429/5xx, timeouts, connection failures
+    │   └── FatalFhirError     give up on this request: 4xx, a response that is not FHIR
+    └── DataError              skip this resource or file and record it; the run goes on
+
+Messages never carry resource content: patient data is PHI. A FhirError names the request
+and the server's OperationOutcome text (diagnostics are the server's words about the request,
+not the patient), and a DataError names where the bad input was and what rule it broke.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "FatalFhirError",
+    "FhirError",
+    "FhirMatchError",
+    "TransientFhirError",
+]
+
+
+class FhirMatchError(Exception):
+    """Base of every error fhir-match raises on purpose."""
+
+
+class ConfigError(FhirMatchError):
+    """The configuration cannot work; nothing was started."""
+
+
+class FhirError(FhirMatchError):
+    """A FHIR request failed.
+
+    ``status`` is None when no HTTP response came back (timeout, refused connection).
+    """
+
+    def __init__(
+        self, method: str, url: str, status: int | None, reason: str, outcome: str = ""
+    ) -> None:
+        self.method = method
+        self.url = url
+        self.status = status
+        self.reason = reason
+        self.outcome = outcome
+        status_text = f"HTTP {status}" if status is not None else "no response"
+        detail = f": {outcome}" if outcome else ""
+        super().__init__(f"{method} {url} failed ({status_text}, {reason}){detail}")
+
+
+class TransientFhirError(FhirError):
+    """Worth retrying: the server is busy, rate-limiting, or briefly unreachable."""
+
+
+class FatalFhirError(FhirError):
+    """Retrying the same request will not help."""
+
+
+class DataError(FhirMatchError):
+    """One piece of input is unusable; record it, skip it, and carry on."""

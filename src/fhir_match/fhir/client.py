@@ -1,0 +1,201 @@
+"""FhirClient: read, search, write and send bundles to one FHIR R4 server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Self
+
+import httpx
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+
+from fhir_match.config import FhirSettings
+from fhir_match.errors import FatalFhirError
+from fhir_match.fhir.auth import auth_for
+from fhir_match.fhir.models import Resource, parse_resource, to_json
+from fhir_match.fhir.search import Search
+from fhir_match.fhir.transport import RetryPolicy, send
+
+__all__ = ["FHIR_JSON", "FhirClient"]
+
+FHIR_JSON = "application/fhir+json"
+USER_AGENT = "fhir-match"
+
+JsonObject = dict[str, Any]
+
+
+class FhirClient:
+    """One server, one connection pool; close it (or use ``with``) when done.
+
+    Every method returns parsed fhir.resources models except :meth:`pages`, which yields
+    raw Bundle JSON for callers that stream large result sets and must survive a single
+    malformed resource.
+    """
+
+    def __init__(
+        self,
+        settings: FhirSettings,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.base_url = settings.base_url.rstrip("/")
+        self._policy = RetryPolicy(settings.max_retries, settings.max_wait_s)
+        self._sleep = sleep
+        self._http = httpx.Client(
+            auth=auth_for(settings),
+            timeout=httpx.Timeout(settings.timeout_s),
+            headers={"Accept": FHIR_JSON, "User-Agent": USER_AGENT},
+            transport=transport,
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _url(self, path: str) -> str:
+        return f"{self.base_url}/{path.lstrip('/')}" if path else self.base_url
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Sequence[tuple[str, str]] | None = None,
+        body: JsonObject | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        request = self._http.build_request(
+            method,
+            url,
+            params=tuple(params) if params else None,
+            json=body,
+            headers={
+                **({"Content-Type": FHIR_JSON} if body is not None else {}),
+                **(headers or {}),
+            },
+        )
+        return send(self._http, request, self._policy, self._sleep)
+
+    def _json(self, response: httpx.Response) -> JsonObject:
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            request = response.request
+            raise FatalFhirError(
+                request.method, str(request.url), response.status_code, "response is not FHIR JSON"
+            )
+        return data
+
+    def _resource(self, response: httpx.Response) -> Resource:
+        return parse_resource(self._json(response))
+
+    # -- the FHIR interactions --------------------------------------------------------------
+
+    def capabilities(self) -> CapabilityStatement:
+        """The server's CapabilityStatement (``GET [base]/metadata``)."""
+        response = self._send("GET", self._url("metadata"))
+        statement = self._resource(response)
+        if not isinstance(statement, CapabilityStatement):
+            raise FatalFhirError(
+                "GET", str(response.url), 200, "metadata is no CapabilityStatement"
+            )
+        return statement
+
+    def read(self, resource_type: str, resource_id: str) -> Resource:
+        return self._resource(self._send("GET", self._url(f"{resource_type}/{resource_id}")))
+
+    def create(self, resource: Resource, *, if_none_exist: str | None = None) -> Resource:
+        """Create; with ``if_none_exist`` (a search query) an existing match is returned instead."""
+        headers = {"If-None-Exist": if_none_exist} if if_none_exist else {}
+        headers["Prefer"] = "return=representation"
+        data = to_json(resource)
+        response = self._send("POST", self._url(data["resourceType"]), body=data, headers=headers)
+        return self._resource(response)
+
+    def update(self, resource: Resource, *, if_match: str | None = None) -> Resource:
+        """Update by id; with ``if_match`` (a version id) a concurrent change fails with 409/412."""
+        data = to_json(resource)
+        headers = {"Prefer": "return=representation"}
+        if if_match is not None:
+            headers["If-Match"] = f'W/"{if_match}"'
+        url = self._url(f"{data['resourceType']}/{data['id']}")
+        return self._resource(self._send("PUT", url, body=data, headers=headers))
+
+    def delete(self, resource_type: str, resource_id: str) -> None:
+        self._send("DELETE", self._url(f"{resource_type}/{resource_id}"))
+
+    def delete_matching(self, search: Search, *, cascade: bool = False) -> None:
+        """Conditional delete of everything ``search`` matches (the server must allow multiples)."""
+        params = list(search.params) + ([("_cascade", "delete")] if cascade else [])
+        self._send("DELETE", self._url(search.resource_type), params=params)
+
+    def transaction(self, bundle: JsonObject | Resource) -> Bundle:
+        """POST a transaction Bundle: all entries succeed together or none does."""
+        return self._post_bundle(bundle, "transaction")
+
+    def batch(self, bundle: JsonObject | Resource) -> Bundle:
+        """POST a batch Bundle: each entry succeeds or fails on its own."""
+        return self._post_bundle(bundle, "batch")
+
+    def _post_bundle(self, bundle: JsonObject | Resource, kind: str) -> Bundle:
+        data = bundle if isinstance(bundle, dict) else to_json(bundle)
+        if data.get("resourceType") != "Bundle" or data.get("type") != kind:
+            raise ValueError(f"expected a Bundle of type {kind!r}")
+        response = self._send("POST", self.base_url, body=data)
+        result = self._resource(response)
+        if not isinstance(result, Bundle):
+            raise FatalFhirError("POST", self.base_url, response.status_code, "not a Bundle")
+        return result
+
+    def pages(self, search: Search) -> Iterator[JsonObject]:
+        """Each searchset Bundle of ``search`` as raw JSON, following ``next`` links as given.
+
+        A ``next`` link that leaves the base URL is refused: following it would send our
+        credentials to another server.
+        """
+        response = self._send("GET", self._url(search.resource_type), params=list(search.params))
+        while True:
+            page = self._json(response)
+            yield page
+            next_url = _next_link(page)
+            if next_url is None:
+                return
+            if not _under(next_url, self.base_url):
+                raise FatalFhirError(
+                    "GET", next_url, None, f"next link leaves the base URL {self.base_url}"
+                )
+            response = self._send("GET", next_url)
+
+    def search(self, search: Search) -> Iterator[Resource]:
+        """Every resource the search returns, matches and includes alike, parsed, page by page."""
+        for page in self.pages(search):
+            for entry in page.get("entry") or []:
+                if "resource" in entry:
+                    yield parse_resource(entry["resource"])
+
+    def total(self, search: Search) -> int:
+        """How many resources match, asking the server to count (``_summary=count``)."""
+        page = next(self.pages(search.where("_summary", "count")))
+        return int(page.get("total", 0))
+
+
+def _next_link(page: JsonObject) -> str | None:
+    for link in page.get("link") or []:
+        if link.get("relation") == "next" and link.get("url"):
+            return str(link["url"])
+    return None
+
+
+def _under(url: str, base_url: str) -> bool:
+    return url == base_url or url.startswith((base_url + "/", base_url + "?"))

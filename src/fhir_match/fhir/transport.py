@@ -1,0 +1,139 @@
+"""Send one FHIR request: timeouts, the retry policy, and httpx failures turned into our errors.
+
+The whole retry policy lives in :func:`send`: which failures are retried, how long to wait,
+and when to give up. Nothing else in fhir-match sleeps between attempts.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import httpx
+
+from fhir_match.errors import FatalFhirError, FhirError, TransientFhirError
+
+__all__ = ["RetryPolicy", "outcome_text", "parse_retry_after", "send"]
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+"""Waits between attempts; the last one repeats. Retry-After overrides, up to the cap."""
+RETRY_AFTER_CAP_S = 60.0
+"""A server asking for a longer pause than this is treated as down for this request."""
+_OUTCOME_MAX_CHARS = 500
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard one request tries: attempts after the first, and total waiting allowed."""
+
+    max_retries: int = 5
+    max_wait_s: float = 120.0
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), if usable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def outcome_text(response: httpx.Response) -> str:
+    """The server's OperationOutcome issues as one line, or "" if the body is not one."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
+        return ""
+    parts = []
+    for issue in body.get("issue") or []:
+        text = issue.get("diagnostics") or (issue.get("details") or {}).get("text") or ""
+        parts.append(f"{issue.get('severity', '?')}: {text}".strip())
+    return "; ".join(parts)[:_OUTCOME_MAX_CHARS]
+
+
+def _error_for(request: httpx.Request, response: httpx.Response) -> FhirError:
+    kind = TransientFhirError if response.status_code in RETRYABLE_STATUSES else FatalFhirError
+    return kind(
+        request.method,
+        str(request.url),
+        response.status_code,
+        response.reason_phrase,
+        outcome_text(response),
+    )
+
+
+@contextmanager
+def _translate_transport_errors(request: httpx.Request) -> Iterator[None]:
+    """Only here do httpx exceptions exist; above this line they are FhirErrors."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise TransientFhirError(
+            request.method, str(request.url), None, f"timed out ({type(exc).__name__})"
+        ) from exc
+    except httpx.TransportError as exc:
+        raise TransientFhirError(
+            request.method, str(request.url), None, f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _delay(attempt: int, response: httpx.Response | None) -> float:
+    backoff = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
+    if response is None:
+        return backoff
+    asked = parse_retry_after(response.headers.get("Retry-After"))
+    return backoff if asked is None else asked
+
+
+def send(
+    client: httpx.Client,
+    request: httpx.Request,
+    policy: RetryPolicy,
+    sleep: Callable[[float], None] = time.sleep,
+) -> httpx.Response:
+    """Send ``request``, retrying transient failures; return a 2xx response or raise.
+
+    Retried: 408, 429, 500, 502, 503, 504, timeouts and connection errors. A Retry-After
+    header is obeyed; a request whose next wait would pass ``policy.max_wait_s`` in total, or
+    whose server asks for more than RETRY_AFTER_CAP_S, fails with the last error.
+    """
+    waited = 0.0
+    attempt = 0
+    while True:
+        response: httpx.Response | None = None
+        try:
+            with _translate_transport_errors(request):
+                response = client.send(request)
+                response.read()
+            if response.is_success:
+                return response
+            error: FhirError = _error_for(request, response)
+        except TransientFhirError as exc:
+            error = exc
+        if not isinstance(error, TransientFhirError) or attempt >= policy.max_retries:
+            raise error
+        delay = _delay(attempt, response)
+        if delay > RETRY_AFTER_CAP_S or waited + delay > policy.max_wait_s:
+            raise error
+        log.warning("retrying in %.1fs after %s", delay, error)
+        sleep(delay)
+        waited += delay
+        attempt += 1
