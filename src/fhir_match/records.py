@@ -1,0 +1,65 @@
+"""The frozen values that flow between stages: read -> group -> evaluate -> report or write back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = [
+    "CriterionKind",
+    "CriterionResult",
+    "DataIssue",
+    "Json",
+    "Outcome",
+    "PatientEvaluation",
+    "PatientRecord",
+    "Result",
+]
+
+Json = dict[str, Any]
+Result = Literal["met", "not-met", "unknown"]
+CriterionKind = Literal["inclusion", "exclusion"]
+Outcome = Literal["candidate", "potential-candidate", "ineligible"]
+
+
+@dataclass(frozen=True)
+class DataIssue:
+    """Input that was skipped, and why: where it was (file and line, or a reference), never
+    what it contained."""
+
+    where: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class PatientRecord:
+    """One patient's resources, as found: the Patient first, then everything that refers to
+    them, then the shared resources they reference (Medication)."""
+
+    patient: str
+    """The patient's reference, ``Patient/<id>``."""
+    resources: tuple[Json, ...]
+
+
+@dataclass(frozen=True)
+class CriterionResult:
+    id: str
+    kind: CriterionKind
+    result: Result
+    summary: str
+    evidence: tuple[str, ...]
+    """References of the resources that decided it, e.g. ``Observation/17``."""
+
+
+@dataclass(frozen=True)
+class PatientEvaluation:
+    patient: str
+    study: str
+    as_of: str
+    outcome: Outcome
+    criteria: tuple[CriterionResult, ...]
+    error: str = ""
+    """Why the engine could not evaluate this patient; then ``criteria`` is empty."""
