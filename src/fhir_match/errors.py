@@ -4,10 +4,12 @@ Split by what the caller does next::
 
     FhirMatchError
     ├── ConfigError            stop before starting: settings are missing or wrong
+    │   └── TranslationError   CQL did not translate to ELM; one file:line:col message per error
     ├── FhirError              a FHIR request failed; carries method, URL, status, outcome
     │   ├── TransientFhirError retry later: 408/429/5xx, timeouts, connection failures
     │   └── FatalFhirError     give up on this request: 4xx, a response that is not FHIR
-    └── DataError              skip this resource or file and record it; the run goes on
+    ├── DataError              skip this resource or file and record it; the run goes on
+    └── EngineError            the CQL engine failed or could not start
 
 Messages never carry resource content: patient data is PHI. A FhirError names the request
 and the server's OperationOutcome text (diagnostics are the server's words about the request,
@@ -16,13 +18,17 @@ not the patient), and a DataError names where the bad input was and what rule it
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "ConfigError",
     "DataError",
+    "EngineError",
     "FatalFhirError",
     "FhirError",
     "FhirMatchError",
     "TransientFhirError",
+    "TranslationError",
 ]
 
 
@@ -32,6 +38,18 @@ class FhirMatchError(Exception):
 
 class ConfigError(FhirMatchError):
     """The configuration cannot work; nothing was started."""
+
+
+class TranslationError(ConfigError):
+    """The CQL libraries do not translate; nothing can be evaluated until they are fixed.
+
+    ``messages`` holds one ``path/to/File.cql:LINE:COL: message`` per translation error.
+    """
+
+    def __init__(self, messages: Sequence[str]) -> None:
+        self.messages = tuple(messages)
+        lines = "\n".join(f"  {m}" for m in self.messages)
+        super().__init__(f"CQL translation failed ({len(self.messages)} error(s)):\n{lines}")
 
 
 class FhirError(FhirMatchError):
@@ -63,3 +81,10 @@ class FatalFhirError(FhirError):
 
 class DataError(FhirMatchError):
     """One piece of input is unusable; record it, skip it, and carry on."""
+
+
+class EngineError(FhirMatchError):
+    """The CQL engine process failed, could not start, or did not answer in time.
+
+    One patient's evaluation error is not an EngineError: it comes back as data for that patient.
+    """
