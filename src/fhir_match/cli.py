@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
 from typing import NoReturn
 
 from fhir_match import __version__
@@ -65,6 +67,42 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def cmd_screen(args: argparse.Namespace) -> int:
+    """Screen patients in FHIR files against a study's criteria; one JSON line per patient."""
+    from fhir_match.evaluate.engine import NodeCqlEngine, translate_cql
+    from fhir_match.evaluate.study import load_study
+    from fhir_match.screen import load_normaliser, screen
+
+    study = load_study(args.study)
+    translate_cql()
+    normaliser = load_normaliser(study)
+    parameters = {"As Of": args.as_of, **study.parameters}
+    engine = NodeCqlEngine(
+        study.library,
+        version=study.library_version,
+        value_sets=normaliser.terminology.expansions,
+        parameters=parameters,
+    )
+    output = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+    try:
+        with engine:
+            summary = screen(args.input, study, args.as_of, normaliser, engine, output)
+    except FileNotFoundError as exc:
+        fatal(str(exc), EXIT_CONFIG)
+    finally:
+        if output is not sys.stdout:
+            output.close()
+    print(summary.report(), file=sys.stderr)
+    return EXIT_OK if summary.complete else EXIT_FAILURE
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fhir-match",
@@ -79,6 +117,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-worker", dest="worker", action="store_false", help="skip the Redis and worker checks"
     )
     status.set_defaults(run=cmd_status)
+
+    screen = commands.add_parser("screen", help=cmd_screen.__doc__)
+    screen.add_argument(
+        "--input",
+        type=Path,
+        action="append",
+        required=True,
+        help="a FHIR JSON or NDJSON file, or a folder of them (repeatable)",
+    )
+    screen.add_argument("--study", default="kn5501", help="study id (default: kn5501)")
+    screen.add_argument(
+        "--as-of", type=_date, default=date.today(), help="screening date (default: today)"
+    )
+    screen.add_argument("--output", type=Path, help="write the NDJSON here (default: stdout)")
+    screen.set_defaults(run=cmd_screen)
     return parser
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "PatientValues",
     "SystemCode",
     "translate_cql",
+    "value_sets_used",
 ]
 
 log = logging.getLogger(__name__)
@@ -521,3 +522,33 @@ def translate_cql(
         f"the CQL translator failed (exit status {done.returncode}): "
         f"{' / '.join(lines[-3:]) or 'no message'}"
     )
+
+
+def value_sets_used(
+    library: str, version: str | None = None, elm_dir: Path = DEFAULT_ELM_DIR
+) -> frozenset[str]:
+    """The URLs of every value set a translated library and its includes declare."""
+    libraries = {}
+    for path in elm_dir.glob("[!.]*.json"):  # not the translator's .manifest.json
+        elm = json.loads(path.read_text(encoding="utf-8"))["library"]
+        identifier = elm["identifier"]
+        libraries[(identifier["id"], identifier.get("version"))] = elm
+    found: set[str] = set()
+    pending = [(library, version)]
+    seen: set[tuple[str, str | None]] = set()
+    while pending:
+        key = pending.pop()
+        if key in seen:
+            continue
+        seen.add(key)
+        match = libraries.get(key) or next(
+            (elm for (name, _), elm in libraries.items() if name == key[0] and key[1] is None),
+            None,
+        )
+        if match is None:
+            raise ConfigError(f"no translated library {key[0]} {key[1] or ''} in {elm_dir}")
+        found.update(d["id"] for d in (match.get("valueSets") or {}).get("def", []))
+        pending.extend(
+            (d["path"], d.get("version")) for d in (match.get("includes") or {}).get("def", [])
+        )
+    return frozenset(found)

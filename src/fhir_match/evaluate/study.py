@@ -1,0 +1,91 @@
+"""A study's configuration: its identity, its CQL library, and its criteria, read from studies/."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fhir_match.config import PROJECT_DIR
+from fhir_match.errors import ConfigError
+from fhir_match.records import CriterionKind
+
+__all__ = ["STUDIES_DIR", "Criterion", "Study", "load_study"]
+
+STUDIES_DIR = PROJECT_DIR / "studies"
+
+
+@dataclass(frozen=True)
+class Criterion:
+    id: str
+    kind: CriterionKind
+    title: str
+    deferred: bool
+    """Its ``unknown`` never lowers the outcome: it is confirmed at the screening visit,
+    or not evaluated from the record at all."""
+
+
+@dataclass(frozen=True)
+class Study:
+    id: str
+    title: str
+    short_title: str
+    identifier_system: str
+    identifier: str
+    status: str
+    sponsor: str
+    site: str
+    enrollment: int
+    condition: dict[str, str]
+    library: str
+    library_version: str
+    parameters: dict[str, Any]
+    criteria: tuple[Criterion, ...]
+
+    def criterion(self, criterion_id: str) -> Criterion:
+        for criterion in self.criteria:
+            if criterion.id == criterion_id:
+                return criterion
+        raise KeyError(criterion_id)
+
+
+def _criterion(data: dict[str, Any]) -> Criterion:
+    kind = data["kind"]
+    if kind not in ("inclusion", "exclusion"):
+        raise ConfigError(f"criterion {data.get('id')}: kind must be inclusion or exclusion")
+    deferred = bool(data.get("screening_visit") or data.get("not_evaluated"))
+    return Criterion(str(data["id"]), kind, str(data["title"]), deferred)
+
+
+def load_study(study_id: str, studies_dir: Path = STUDIES_DIR) -> Study:
+    """Read ``<studies_dir>/<study_id>.yaml``; a missing or malformed file is a ConfigError."""
+    path = studies_dir / f"{study_id}.yaml"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        known = sorted(p.stem for p in studies_dir.glob("*.yaml"))
+        raise ConfigError(f"unknown study {study_id!r}; known: {', '.join(known)}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        criteria = tuple(_criterion(c) for c in data["criteria"])
+        return Study(
+            id=data["id"],
+            title=" ".join(str(data["title"]).split()),
+            short_title=data["short_title"],
+            identifier_system=data["identifier"]["system"],
+            identifier=data["identifier"]["value"],
+            status=data["status"],
+            sponsor=data["sponsor"],
+            site=data["site"],
+            enrollment=int(data["enrollment"]),
+            condition=dict(data["condition"]),
+            library=data["cql"]["library"],
+            library_version=str(data["cql"]["version"]),
+            parameters=dict(data.get("parameters") or {}),
+            criteria=criteria,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: missing or malformed field: {exc}") from None

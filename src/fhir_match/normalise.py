@@ -1,0 +1,262 @@
+"""2 NORMALISE (pure): make one patient's record uniform before the rules read it.
+
+Real records say the same thing many ways. Here, so that the CQL can say it once:
+- a medication named through a Medication resource (referenced or contained), by its
+  ingredients, or only by name becomes one ``medicationCodeableConcept`` holding every code,
+  plus a drug-name coding for each English or Chinese drug name in its text or displays
+  (the same for an AllergyIntolerance's substance, in its code and reactions);
+- a platelet count in any convertible unit is rewritten in 10*9/L; one that cannot be
+  converted is left as it was, so the rules report it, and recorded as a DataIssue;
+- the hierarchical codes (ICD-10, ATC, ICD-10-PCS) of the record are collected, so the
+  engine's value sets can be extended by the subcodes the record actually uses;
+- resources no rule can read are left out: an Observation, Condition or medication use
+  whose codes are in none of the study's value sets (a routine haemoglobin, an encounter).
+  The rules read these types only through value sets, so the results do not change, and
+  the engine, whose cost grows with every resource it wraps, does far less work.
+Resources that are changed are copied; the input is not modified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from fhir_match.records import DataIssue, Json, PatientRecord
+from fhir_match.terminology import (
+    DRUG_NAME,
+    HIERARCHICAL_SYSTEMS,
+    ICD10,
+    ICD10CM,
+    Coding,
+    Terminology,
+)
+from fhir_match.units import UCUM, UnitMap, UnitProblem, normalise_quantity
+
+__all__ = ["Normalised", "Normaliser", "normalise"]
+
+_MEDICATION_USES = ("MedicationRequest", "MedicationStatement", "MedicationAdministration")
+_CODE_ELEMENT = {
+    "Observation": "code",
+    "Condition": "code",
+    "MedicationRequest": "medicationCodeableConcept",
+    "MedicationStatement": "medicationCodeableConcept",
+    "MedicationAdministration": "medicationCodeableConcept",
+}
+"""Types the rules read only through a value set on this element."""
+_DIAGNOSIS_SYSTEMS = frozenset({"http://snomed.info/sct", ICD10, ICD10CM})
+_READ_WHOLE = frozenset(
+    {
+        "Patient",
+        "ResearchSubject",
+        "ResearchStudy",
+        "Procedure",
+        "AllergyIntolerance",
+        "DiagnosticReport",
+    }
+)
+"""Types the rules read by more than a value set (text, status, identifiers): always kept."""
+
+
+@dataclass(frozen=True)
+class Normaliser:
+    """What normalising needs: the terminology, and the platelet count's value set and units."""
+
+    terminology: Terminology
+    platelet_value_set: str
+    platelet_units: UnitMap
+    study_value_sets: frozenset[str]
+    """The value sets the study's rules use: a resource coded outside all of them is unread."""
+
+
+@dataclass(frozen=True)
+class Normalised:
+    patient: str
+    bundle: Json
+    """A collection Bundle of the patient's normalised resources, for the engine."""
+    hierarchical_codings: frozenset[Coding]
+    issues: tuple[DataIssue, ...]
+
+
+def normalise(record: PatientRecord, normaliser: Normaliser) -> Normalised:
+    shared = {
+        f"{r['resourceType']}/{r['id']}": r
+        for r in record.resources
+        if r["resourceType"] == "Medication" and "id" in r
+    }
+    issues: list[DataIssue] = []
+    resources: list[Json] = []
+    for resource in record.resources:
+        kind = resource["resourceType"]
+        if kind in _MEDICATION_USES:
+            resource = _with_drug_concept(resource, shared, normaliser.terminology)
+        elif kind == "AllergyIntolerance":
+            resource = _allergy_named(resource, normaliser.terminology)
+        elif kind == "Observation" and _is_platelet_count(resource, normaliser):
+            resource = _platelets_in_canonical_unit(resource, normaliser.platelet_units, issues)
+        if _readable(resource, normaliser):
+            resources.append(resource)
+    codings = frozenset(_hierarchical_codings(resources))
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": r} for r in resources],
+    }
+    return Normalised(record.patient, bundle, codings, tuple(issues))
+
+
+def _readable(resource: Json, normaliser: Normaliser) -> bool:
+    """Whether any rule of the study can read this resource."""
+    kind: str = resource["resourceType"]
+    if kind in _READ_WHOLE:
+        return True
+    element = _CODE_ELEMENT.get(kind)
+    if element is None:
+        return False
+    codings = [
+        (c["system"], c["code"])
+        for c in _codings(resource.get(element))
+        if isinstance(c.get("system"), str) and isinstance(c.get("code"), str)
+    ]
+    terminology = normaliser.terminology
+    if any(normaliser.study_value_sets & terminology.value_sets_of(*c) for c in codings):
+        return True
+    # A Condition with no diagnosis code (uncoded, or only a hospital's local code) may still
+    # name its disease in text: inc-2 reads ITP that way.
+    return kind == "Condition" and not any(system in _DIAGNOSIS_SYSTEMS for system, _ in codings)
+
+
+def _codings(concept: Any) -> list[Json]:
+    if not isinstance(concept, dict):
+        return []
+    return [c for c in concept.get("coding") or [] if isinstance(c, dict)]
+
+
+def _with_drug_concept(use: Json, shared: dict[str, Json], terminology: Terminology) -> Json:
+    """The use with one ``medicationCodeableConcept`` that names the drug every way it can."""
+    concept = use.get("medicationCodeableConcept")
+    if not isinstance(concept, dict):
+        reference = use.get("medicationReference") or {}
+        target = reference.get("reference", "") if isinstance(reference, dict) else ""
+        medication = _contained(use, target[1:]) if target.startswith("#") else shared.get(target)
+        if medication is not None:
+            concept = _medication_concept(medication)
+        else:
+            display = reference.get("display") if isinstance(reference, dict) else None
+            concept = {"text": display} if isinstance(display, str) else {}
+    result = {k: v for k, v in use.items() if k != "medicationReference"}
+    result["medicationCodeableConcept"] = _named(concept, terminology)
+    return result
+
+
+def _contained(resource: Json, local_id: str) -> Json | None:
+    for inner in resource.get("contained") or []:
+        if isinstance(inner, dict) and inner.get("id") == local_id:
+            return inner
+    return None
+
+
+def _medication_concept(medication: Json) -> Json:
+    """A Medication's code and its ingredients' codes, as one concept."""
+    code: Json = medication["code"] if isinstance(medication.get("code"), dict) else {}
+    codings = list(_codings(code))
+    texts: list[str] = [code["text"]] if isinstance(code.get("text"), str) else []
+    for ingredient in medication.get("ingredient") or []:
+        item = ingredient.get("itemCodeableConcept") if isinstance(ingredient, dict) else None
+        codings.extend(_codings(item))
+        if isinstance(item, dict) and isinstance(item.get("text"), str):
+            texts.append(item["text"])
+    concept: Json = {"coding": codings}
+    if texts:
+        concept["text"] = " / ".join(texts)
+    return concept
+
+
+def _named(concept: Json, terminology: Terminology) -> Json:
+    """The concept plus a drug-name coding for every drug its text or displays name."""
+    codings = _codings(concept)
+    texts = [concept.get("text")] + [c.get("display") for c in codings]
+    names: set[str] = set()
+    for text in texts:
+        if isinstance(text, str) and text:
+            names |= terminology.drug_names_in(text)
+    names -= {c.get("code") for c in codings if c.get("system") == DRUG_NAME}
+    if not names:
+        return concept
+    added = [{"system": DRUG_NAME, "code": name} for name in sorted(names)]
+    return {**concept, "coding": [*codings, *added]}
+
+
+def _allergy_named(allergy: Json, terminology: Terminology) -> Json:
+    """The allergy with drug-name codings in its code and in each reaction's substance (records
+    often code the allergy generically, "drug allergy", and name the drug in reaction.substance)."""
+    result = dict(allergy)
+    if isinstance(allergy.get("code"), dict):
+        result["code"] = _named(allergy["code"], terminology)
+    reactions = allergy.get("reaction")
+    if isinstance(reactions, list):
+        result["reaction"] = [
+            {**r, "substance": _named(r["substance"], terminology)}
+            if isinstance(r, dict) and isinstance(r.get("substance"), dict)
+            else r
+            for r in reactions
+        ]
+    return result
+
+
+def _is_platelet_count(observation: Json, normaliser: Normaliser) -> bool:
+    return any(
+        isinstance(c.get("system"), str)
+        and isinstance(c.get("code"), str)
+        and normaliser.platelet_value_set
+        in normaliser.terminology.value_sets_of(c["system"], c["code"])
+        for c in _codings(observation.get("code"))
+    )
+
+
+def _platelets_in_canonical_unit(
+    observation: Json, units: UnitMap, issues: list[DataIssue]
+) -> Json:
+    quantity = observation.get("valueQuantity")
+    if not isinstance(quantity, dict):
+        return observation
+    value = quantity.get("value")
+    converted = normalise_quantity(
+        units,
+        value if isinstance(value, int | float) else None,
+        quantity.get("unit"),
+        quantity.get("code"),
+        quantity.get("system"),
+    )
+    where = f"Observation/{observation.get('id', '?')}"
+    if isinstance(converted, UnitProblem):
+        issues.append(DataIssue(where, f"platelet count not used: {converted}"))
+        if converted.kind == "missing-unit":
+            # Keep it visible to the rules as unconvertible rather than unit-less.
+            return {**observation, "valueQuantity": {**quantity, "unit": "(no unit)"}}
+        return observation
+    canonical = {
+        "value": _json_number(converted),
+        "unit": units.canonical,
+        "system": UCUM,
+        "code": units.canonical,
+    }
+    return {**observation, "valueQuantity": canonical}
+
+
+def _json_number(value: Decimal) -> int | float:
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+def _hierarchical_codings(value: Any) -> Iterator[Coding]:
+    if isinstance(value, dict):
+        system = value.get("system")
+        if system in HIERARCHICAL_SYSTEMS and isinstance(value.get("code"), str):
+            yield (system, value["code"])
+        for item in value.values():
+            if isinstance(item, dict | list):
+                yield from _hierarchical_codings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _hierarchical_codings(item)

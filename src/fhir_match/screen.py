@@ -1,0 +1,170 @@
+"""Screen patients from FHIR files: read -> group by patient -> evaluate -> NDJSON, streamed.
+
+Memory stays flat in the number of patients: resources are spilled to disk by patient and
+evaluated a batch at a time. Unreadable input and patients the engine cannot evaluate are
+recorded and skipped; the run goes on, and its summary counts them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from itertools import islice
+from pathlib import Path
+from typing import IO
+
+from fhir_match.config import PROJECT_DIR
+from fhir_match.evaluate.engine import CqlEvaluator, value_sets_used
+from fhir_match.evaluate.evaluator import evaluate_batch
+from fhir_match.evaluate.study import Study
+from fhir_match.files import fhir_files, read_resources
+from fhir_match.grouping import group_by_patient
+from fhir_match.normalise import Normaliser
+from fhir_match.records import DataIssue, PatientEvaluation, PatientRecord
+from fhir_match.terminology import Terminology, load_terminology
+from fhir_match.units import load_unit_map
+
+__all__ = [
+    "BATCH_SIZE",
+    "MAPPINGS_DIR",
+    "ScreenSummary",
+    "evaluation_json",
+    "load_normaliser",
+    "screen",
+]
+
+MAPPINGS_DIR = PROJECT_DIR / "mappings"
+PLATELET_VALUE_SET = "https://fhir-match.org/fhir/ValueSet/platelet-count"
+BATCH_SIZE = 100
+"""Patients per engine call: large enough to amortise the round trip, small enough to stream."""
+
+
+@dataclass
+class ScreenSummary:
+    """What a run did: counts a coordinator can check against the output."""
+
+    patients: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    criteria: dict[str, Counter[str]] = field(default_factory=dict)
+    skipped: list[DataIssue] = field(default_factory=list)
+    """Files, lines or entries that could not be read."""
+    unused: list[DataIssue] = field(default_factory=list)
+    """Resources read but not used by the rules (e.g. a platelet count in an unknown unit)."""
+    failures: list[DataIssue] = field(default_factory=list)
+    """Patients that could not be evaluated."""
+    seconds: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        """Every input was read and every patient evaluated."""
+        return not (self.skipped or self.failures)
+
+    def add(self, evaluation: PatientEvaluation) -> None:
+        self.patients += 1
+        self.outcomes[evaluation.outcome] += 1
+        for result in evaluation.criteria:
+            self.criteria.setdefault(result.id, Counter())[result.result] += 1
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "patients": self.patients,
+            "outcomes": dict(self.outcomes),
+            "criteria": {cid: dict(counts) for cid, counts in self.criteria.items()},
+            "skipped": len(self.skipped),
+            "unused": len(self.unused),
+            "failures": len(self.failures),
+            "seconds": round(self.seconds, 3),
+        }
+
+    def report(self, show: int = 20) -> str:
+        rate = self.patients / self.seconds if self.seconds else 0.0
+        lines = [
+            f"patients: {self.patients} in {self.seconds:.1f}s ({rate:.0f}/s)",
+            "outcomes: "
+            + ", ".join(
+                f"{name} {self.outcomes.get(name, 0)}"
+                for name in ("candidate", "potential-candidate", "ineligible")
+            ),
+            "criteria (met / not-met / unknown):",
+        ]
+        for cid, counts in self.criteria.items():
+            lines.append(
+                f"  {cid:7} {counts.get('met', 0):6} {counts.get('not-met', 0):8} "
+                f"{counts.get('unknown', 0):8}"
+            )
+        sections = (
+            ("patients not evaluated", self.failures),
+            ("input skipped", self.skipped),
+            ("data not used", self.unused),
+        )
+        for title, items in sections:
+            if items:
+                lines.append(f"{title}: {len(items)}")
+                lines.extend(f"  {item}" for item in items[:show])
+                if len(items) > show:
+                    lines.append(f"  ... and {len(items) - show} more")
+        return "\n".join(lines)
+
+
+def load_normaliser(study: Study, mappings_dir: Path = MAPPINGS_DIR) -> Normaliser:
+    """The normaliser for a study whose CQL is translated (see translate_cql)."""
+    terminology: Terminology = load_terminology(mappings_dir)
+    units = load_unit_map(mappings_dir / "units" / "platelet-count.json")
+    study_value_sets = value_sets_used(study.library, study.library_version)
+    return Normaliser(terminology, PLATELET_VALUE_SET, units, study_value_sets)
+
+
+def evaluation_json(evaluation: PatientEvaluation) -> dict[str, object]:
+    """One line of the screening result format (criteria.md)."""
+    return {
+        "patient": evaluation.patient,
+        "study": evaluation.study,
+        "as_of": evaluation.as_of,
+        "outcome": evaluation.outcome,
+        "criteria": [
+            {
+                "id": r.id,
+                "kind": r.kind,
+                "result": r.result,
+                "summary": r.summary,
+                "evidence": list(r.evidence),
+            }
+            for r in evaluation.criteria
+        ],
+    }
+
+
+def _batches(records: Iterable[PatientRecord], size: int) -> Iterator[list[PatientRecord]]:
+    iterator = iter(records)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def screen(
+    inputs: Sequence[Path],
+    study: Study,
+    as_of: date,
+    normaliser: Normaliser,
+    engine: CqlEvaluator,
+    output: IO[str],
+    progress: Callable[[int], None] = lambda done: None,
+) -> ScreenSummary:
+    """Screen every patient in ``inputs`` and write one JSON line per patient to ``output``."""
+    started = time.perf_counter()
+    summary = ScreenSummary()
+    paths = [p for path in inputs for p in fhir_files(path)]
+    resources = read_resources(paths, summary.skipped.append)
+    for batch in _batches(group_by_patient(resources), BATCH_SIZE):
+        result = evaluate_batch(batch, study, as_of, normaliser, engine)
+        for evaluation in result.evaluations:
+            output.write(json.dumps(evaluation_json(evaluation), ensure_ascii=False) + "\n")
+            summary.add(evaluation)
+        summary.failures.extend(result.failures)
+        summary.unused.extend(result.issues)
+        progress(summary.patients + len(summary.failures))
+    summary.seconds = time.perf_counter() - started
+    return summary
