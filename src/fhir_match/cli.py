@@ -103,6 +103,15 @@ def cmd_screen(args: argparse.Namespace) -> int:
     return EXIT_OK if summary.complete else EXIT_FAILURE
 
 
+def cmd_synth(args: argparse.Namespace) -> int:
+    """Write a synthetic hospital population (FHIR R4) and the answers each patient should get."""
+    from fhir_match.synth.generate import generate
+
+    summary = generate(args.patients, args.seed, args.out, args.format, as_of=args.as_of)
+    print(json.dumps(summary.manifest(), indent=2, default=str))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fhir-match",
@@ -132,6 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     screen.add_argument("--output", type=Path, help="write the NDJSON here (default: stdout)")
     screen.set_defaults(run=cmd_screen)
+
+    synth = commands.add_parser("synth", help=cmd_synth.__doc__)
+    synth.add_argument("--patients", type=int, required=True, help="how many patients")
+    synth.add_argument("--seed", type=int, default=1, help="the same seed, the same files")
+    synth.add_argument("--out", type=Path, required=True, help="folder to write into")
+    synth.add_argument("--format", choices=("bundles", "ndjson"), default="bundles")
+    synth.add_argument(
+        "--as-of",
+        type=_date,
+        default=date(2026, 6, 1),
+        help="screening date the expected answers hold for (default: 2026-06-01)",
+    )
+    synth.set_defaults(run=cmd_synth)
     return parser
 
 

@@ -222,6 +222,7 @@ def _platelets_in_canonical_unit(
     if not isinstance(quantity, dict):
         return observation
     value = quantity.get("value")
+    where = f"Observation/{observation.get('id', '?')}"
     converted = normalise_quantity(
         units,
         value if isinstance(value, int | float) else None,
@@ -229,7 +230,6 @@ def _platelets_in_canonical_unit(
         quantity.get("code"),
         quantity.get("system"),
     )
-    where = f"Observation/{observation.get('id', '?')}"
     if isinstance(converted, UnitProblem):
         issues.append(DataIssue(where, f"platelet count not used: {converted}"))
         if converted.kind == "missing-unit":
@@ -242,6 +242,8 @@ def _platelets_in_canonical_unit(
         "system": UCUM,
         "code": units.canonical,
     }
+    if quantity.get("comparator"):  # "<10" stays a bound: the rules decide what it proves
+        canonical["comparator"] = quantity["comparator"]
     return {**observation, "valueQuantity": canonical}
 
 

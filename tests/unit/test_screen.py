@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ FIXTURES = Path(__file__).parents[1] / "fixtures" / "screen"
 AS_OF = "2026-06-01"
 
 
-def _screen(tmp_path: Path, *inputs: Path) -> tuple[int, list[dict[str, object]]]:
+def _screen(tmp_path: Path, *inputs: Path) -> tuple[int, list[dict[str, Any]]]:
     out = tmp_path / "results.ndjson"
     args = ["screen", "--as-of", AS_OF, "--output", str(out)]
     for path in inputs:
