@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
-from datetime import date
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import NoReturn
 
 from fhir_match import __version__
-from fhir_match.config import Settings, load_settings, mask_url_password
+from fhir_match.config import PROJECT_DIR, Settings, load_settings, mask_url_password
 from fhir_match.errors import ConfigError, FhirError, FhirMatchError
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILURE", "EXIT_OK", "EXIT_UNAVAILABLE", "main"]
@@ -112,6 +112,37 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _progress(label: str) -> Callable[[int], None]:
+    """A one-line counter on a terminal; silent when stderr is a file or a pipe."""
+    if not sys.stderr.isatty():
+        return lambda done: None
+    return lambda done: print(f"\r{label}: {done}", end="", file=sys.stderr, flush=True)
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    """Load a population into a FHIR server, every resource tagged; or remove one by its tag."""
+    from fhir_match.fhir import FhirClient
+    from fhir_match.seed import remove_tagged, seed, state_path, summary_json
+
+    settings = _settings(args)
+    with FhirClient(settings.fhir) as client:
+        if args.remove:
+            if not args.tag:
+                fatal("--remove needs --tag", EXIT_CONFIG)
+            removed = remove_tagged(client, args.tag, _progress("removed"))
+            print(json.dumps({"tag": args.tag, "removed": removed}), file=sys.stderr)
+            return EXIT_OK
+        if not args.input:
+            fatal("seed needs --input (or --remove --tag TAG)", EXIT_CONFIG)
+        tag = args.tag or f"fhir-match-{datetime.now(UTC):%Y%m%d%H%M%S}"
+        state = state_path(PROJECT_DIR / "var" / "seed", tag)
+        summary = seed(client, args.input, tag, state, args.workers, _progress("patients"))
+    print(f"\ntag: {tag}\n{summary_json(summary)}", file=sys.stderr)
+    for issue in (summary.skipped + summary.failed)[:20]:
+        print(f"  {issue}", file=sys.stderr)
+    return EXIT_OK if not (summary.skipped or summary.failed) else EXIT_FAILURE
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fhir-match",
@@ -154,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="screening date the expected answers hold for (default: 2026-06-01)",
     )
     synth.set_defaults(run=cmd_synth)
+
+    seed = commands.add_parser("seed", help=cmd_seed.__doc__)
+    seed.add_argument("--fhir-url", help="FHIR base URL (default: $FHIR_BASE_URL)")
+    seed.add_argument("--input", type=Path, action="append", help="FHIR files or folders")
+    seed.add_argument("--tag", help="the run tag (default: fhir-match-<UTC time>)")
+    seed.add_argument("--remove", action="store_true", help="delete what --tag marks")
+    seed.add_argument("--workers", type=int, default=4, help="transactions in flight")
+    seed.set_defaults(run=cmd_seed)
     return parser
 
 

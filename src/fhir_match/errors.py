@@ -61,14 +61,18 @@ class FhirError(FhirMatchError):
     def __init__(
         self, method: str, url: str, status: int | None, reason: str, outcome: str = ""
     ) -> None:
+        # All fields in args, so the error survives pickling and Celery's result round trip.
+        super().__init__(method, url, status, reason, outcome)
         self.method = method
         self.url = url
         self.status = status
         self.reason = reason
         self.outcome = outcome
-        status_text = f"HTTP {status}" if status is not None else "no response"
-        detail = f": {outcome}" if outcome else ""
-        super().__init__(f"{method} {url} failed ({status_text}, {reason}){detail}")
+
+    def __str__(self) -> str:
+        status_text = f"HTTP {self.status}" if self.status is not None else "no response"
+        detail = f": {self.outcome}" if self.outcome else ""
+        return f"{self.method} {self.url} failed ({status_text}, {self.reason}){detail}"
 
 
 class TransientFhirError(FhirError):

@@ -75,7 +75,7 @@ def _error_for(request: httpx.Request, response: httpx.Response) -> FhirError:
         request.method,
         str(request.url),
         response.status_code,
-        response.reason_phrase,
+        response.reason_phrase or httpx.codes.get_reason_phrase(response.status_code),
         outcome_text(response),
     )
 

@@ -1,0 +1,205 @@
+"""Load a population into a FHIR server with tagged transactions, and remove it by its tag.
+
+This is how the product is tried on a test server (the local HAPI, or the public HAPI
+sandbox with synthetic data only): every resource carries the run tag in ``meta.tag``, so
+``remove`` deletes exactly what one run loaded. Loading is idempotent (PUT by id), runs
+transactions in parallel, and records finished patients in a state file so an interrupted
+run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+from fhir_match.errors import DataError, FhirError
+from fhir_match.fhir import FhirClient, Search
+from fhir_match.files import fhir_files, read_resources
+from fhir_match.grouping import group_by_patient, patient_of
+from fhir_match.records import DataIssue, Json, PatientRecord
+
+__all__ = [
+    "PATIENTS_PER_TRANSACTION",
+    "TAG_SYSTEM",
+    "SeedSummary",
+    "remove_tagged",
+    "seed",
+    "state_path",
+    "summary_json",
+    "tagged_transaction",
+]
+
+TAG_SYSTEM = "https://fhir-match.org/fhir/CodeSystem/run-tag"
+PATIENTS_PER_TRANSACTION = 10
+SHARED_PER_TRANSACTION = 100
+_SHARED_LAST = (
+    "Patient",
+    "Medication",
+    "ResearchStudy",
+    "Organization",
+    "Practitioner",
+    "Location",
+    "Substance",
+)
+"""Deleted last, in this order: what other resources refer to."""
+_MAX_DELETE_ROUNDS = 20
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class SeedSummary:
+    patients: int = 0
+    resources: int = 0
+    skipped: list[DataIssue] = field(default_factory=list)
+    failed: list[DataIssue] = field(default_factory=list)
+
+
+def _tagged(resource: Json, tag: str) -> Json:
+    meta = dict(resource.get("meta") or {})
+    tags = [t for t in meta.get("tag") or [] if t.get("system") != TAG_SYSTEM]
+    meta["tag"] = [*tags, {"system": TAG_SYSTEM, "code": tag}]
+    return {**resource, "meta": meta}
+
+
+def tagged_transaction(resources: Iterable[Json], tag: str) -> Json:
+    """A transaction that PUTs each resource by its id, with the run tag added."""
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": f"{r['resourceType']}/{r['id']}",
+                "resource": _tagged(r, tag),
+                "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
+            }
+            for r in resources
+        ],
+    }
+
+
+def _chunks(items: Iterable[PatientRecord], size: int) -> Iterator[list[PatientRecord]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def _shared(paths: Sequence[Path], on_issue: Callable[[DataIssue], None]) -> list[Json]:
+    """Resources that belong to no patient (Medication, ResearchStudy): loaded first, once."""
+    shared: dict[str, Json] = {}
+    for resource in read_resources(paths, on_issue):
+        if patient_of(resource) is None and "id" in resource:
+            shared[f"{resource['resourceType']}/{resource['id']}"] = resource
+    return list(shared.values())
+
+
+def _read_state(state: Path) -> set[str]:
+    if not state.exists():
+        return set()
+    return set(state.read_text(encoding="utf-8").split())
+
+
+def seed(
+    client: FhirClient,
+    inputs: Sequence[Path],
+    tag: str,
+    state: Path,
+    workers: int = 4,
+    progress: Progress = lambda done: None,
+) -> SeedSummary:
+    """Load every resource in ``inputs``, tagged; patients already in ``state`` are skipped."""
+    summary = SeedSummary()
+    paths = [p for path in inputs for p in fhir_files(path)]
+    shared = _shared(paths, lambda issue: None)  # reported once, by the patient pass below
+    for start in range(0, len(shared), SHARED_PER_TRANSACTION):
+        some = shared[start : start + SHARED_PER_TRANSACTION]
+        client.transaction(tagged_transaction(some, tag))
+        summary.resources += len(some)
+
+    done = _read_state(state)
+    state.parent.mkdir(parents=True, exist_ok=True)
+    records = (
+        PatientRecord(r.patient, tuple(x for x in r.resources if patient_of(x) is not None))
+        for r in group_by_patient(read_resources(paths, summary.skipped.append))
+        if r.patient not in done
+    )
+    summary.patients = len(done)
+    with state.open("a", encoding="utf-8") as log, ThreadPoolExecutor(workers) as pool:
+        pending: dict[Future[None], list[PatientRecord]] = {}
+
+        def settle(futures: Iterable[Future[None]]) -> None:
+            for future in futures:
+                chunk = pending.pop(future)
+                try:
+                    future.result()
+                except (FhirError, DataError) as exc:
+                    summary.failed.extend(DataIssue(r.patient, str(exc)) for r in chunk)
+                    continue
+                log.write("".join(f"{r.patient}\n" for r in chunk))
+                log.flush()
+                summary.patients += len(chunk)
+                summary.resources += sum(len(r.resources) for r in chunk)
+                progress(summary.patients)
+
+        for chunk in _chunks(records, PATIENTS_PER_TRANSACTION):
+            if len(pending) >= 2 * workers:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                settle(finished)
+            resources = [r for record in chunk for r in record.resources if "id" in r]
+            future = pool.submit(_send, client, tagged_transaction(resources, tag))
+            pending[future] = chunk
+        settle(list(wait(pending).done))
+    return summary
+
+
+def _send(client: FhirClient, bundle: Json) -> None:
+    client.transaction(bundle)
+
+
+def remove_tagged(client: FhirClient, tag: str, progress: Progress = lambda done: None) -> int:
+    """Delete every resource carrying the run tag, and nothing else; returns how many.
+
+    Resources are deleted type by type, those that refer to others first, without cascading:
+    a resource someone else made that refers to a tagged one stops the removal with the
+    server's conflict, rather than being deleted with it.
+    """
+    token = f"{TAG_SYSTEM}|{tag}"
+    statement = client.capabilities()
+    types = sorted({str(r.type) for rest in statement.rest or [] for r in rest.resource or []})
+    counts = {t: client.total(Search(t).where("_tag", token)) for t in types}
+    present = [t for t in types if counts[t]]
+    order = [t for t in present if t not in _SHARED_LAST]
+    order += [t for t in _SHARED_LAST if t in present]
+    removed = 0
+    for resource_type in order:
+        search = Search(resource_type).where("_tag", token)
+        for _ in range(_MAX_DELETE_ROUNDS):
+            client.delete_matching(search)
+            left = client.total(search)
+            if left == 0:
+                break
+        else:
+            raise FhirError("DELETE", resource_type, None, f"{left} tagged resources remain")
+        removed += counts[resource_type]
+        progress(removed)
+    return removed
+
+
+def state_path(folder: Path, tag: str) -> Path:
+    """Where a run's finished patients are recorded."""
+    return folder / f"seed-{tag}.done"
+
+
+def summary_json(summary: SeedSummary) -> str:
+    return json.dumps(
+        {
+            "patients": summary.patients,
+            "resources": summary.resources,
+            "skipped": len(summary.skipped),
+            "failed": len(summary.failed),
+        }
+    )
