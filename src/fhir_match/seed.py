@@ -23,6 +23,7 @@ from fhir_match.grouping import group_by_patient, patient_of
 from fhir_match.records import DataIssue, Json, PatientRecord
 
 __all__ = [
+    "DELETES_PER_BATCH",
     "PATIENTS_PER_TRANSACTION",
     "TAG_SYSTEM",
     "SeedSummary",
@@ -46,7 +47,8 @@ _SHARED_LAST = (
     "Substance",
 )
 """Deleted last, in this order: what other resources refer to."""
-_MAX_DELETE_ROUNDS = 20
+DELETES_PER_BATCH = 50
+"""Small batches: each delete also removes the resource's search index rows."""
 
 Progress = Callable[[int], None]
 
@@ -163,30 +165,53 @@ def _send(client: FhirClient, bundle: Json) -> None:
 def remove_tagged(client: FhirClient, tag: str, progress: Progress = lambda done: None) -> int:
     """Delete every resource carrying the run tag, and nothing else; returns how many.
 
-    Resources are deleted type by type, those that refer to others first, without cascading:
-    a resource someone else made that refers to a tagged one stops the removal with the
-    server's conflict, rather than being deleted with it.
+    Resources are deleted type by type, those that refer to others first, a page at a time
+    as batches of single deletes: that works on servers that refuse to delete many resources
+    by one search, and keeps each database transaction small. Nothing cascades: a resource
+    someone else made that refers to a tagged one stops the removal with the server's
+    conflict, rather than being deleted with it.
     """
     token = f"{TAG_SYSTEM}|{tag}"
     statement = client.capabilities()
     types = sorted({str(r.type) for rest in statement.rest or [] for r in rest.resource or []})
-    counts = {t: client.total(Search(t).where("_tag", token)) for t in types}
-    present = [t for t in types if counts[t]]
+    present = [t for t in types if client.total(Search(t).where("_tag", token))]
     order = [t for t in present if t not in _SHARED_LAST]
     order += [t for t in _SHARED_LAST if t in present]
     removed = 0
     for resource_type in order:
-        search = Search(resource_type).where("_tag", token)
-        for _ in range(_MAX_DELETE_ROUNDS):
-            client.delete_matching(search)
-            left = client.total(search)
-            if left == 0:
-                break
-        else:
-            raise FhirError("DELETE", resource_type, None, f"{left} tagged resources remain")
-        removed += counts[resource_type]
-        progress(removed)
+        search = Search(resource_type).where("_tag", token).where("_elements", "id")
+        search = search.count(DELETES_PER_BATCH)
+        while ids := [
+            str(e["resource"]["id"])
+            for e in next(client.pages(search)).get("entry") or []
+            if e.get("search", {}).get("mode", "match") == "match"
+        ]:
+            removed += _delete_batch(client, resource_type, ids)
+            progress(removed)
     return removed
+
+
+def _delete_batch(client: FhirClient, resource_type: str, ids: list[str]) -> int:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"request": {"method": "DELETE", "url": f"{resource_type}/{i}"}} for i in ids],
+    }
+    response = client.batch(bundle)
+    statuses = [str(e.response.status if e.response else "") for e in response.entry or []]
+    refused = [
+        f"{resource_type}/{i}: {status or 'no status'}"
+        for i, status in zip(ids, statuses, strict=False)
+        if not status.startswith(("2", "404"))
+    ]
+    if refused:
+        raise FhirError(
+            "DELETE",
+            f"{client.base_url}/{resource_type}",
+            409,
+            f"{len(refused)} tagged resources could not be deleted, e.g. {refused[0]}",
+        )
+    return len(ids)
 
 
 def state_path(folder: Path, tag: str) -> Path:
