@@ -107,6 +107,25 @@ def test_timeouts_are_transient_and_name_the_request() -> None:
         _run(handler, RetryPolicy(max_retries=0))
 
 
+def test_a_post_that_timed_out_is_not_sent_twice() -> None:
+    handler, seen = _scripted(httpx.ReadTimeout("slow"), httpx.Response(201))
+    waits: list[float] = []
+    with httpx.Client(transport=httpx.MockTransport(handler)) as client:
+        request = client.build_request("POST", "http://fhir.test/fhir/Patient", json={})
+        with pytest.raises(FatalFhirError, match="timed out"):
+            send(client, request, DEFAULT_POLICY, sleep=waits.append)
+    assert len(seen) == 1
+
+
+def test_a_refused_connection_is_retried_for_any_method() -> None:
+    handler, seen = _scripted(httpx.ConnectError("refused"), httpx.Response(201))
+    waits: list[float] = []
+    with httpx.Client(transport=httpx.MockTransport(handler)) as client:
+        request = client.build_request("POST", "http://fhir.test/fhir/Patient", json={})
+        assert send(client, request, DEFAULT_POLICY, sleep=waits.append).status_code == 201
+    assert len(seen) == 2
+
+
 def test_retry_after_accepts_seconds_and_http_dates() -> None:
     now = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
     assert parse_retry_after("12", now) == 12.0

@@ -85,14 +85,25 @@ def _translate_transport_errors(request: httpx.Request) -> Iterator[None]:
     """Only here do httpx exceptions exist; above this line they are FhirErrors."""
     try:
         yield
-    except httpx.TimeoutException as exc:
-        raise TransientFhirError(
-            request.method, str(request.url), None, f"timed out ({type(exc).__name__})"
-        ) from exc
-    except httpx.TransportError as exc:
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        # The request never reached the server: always safe to send again.
         raise TransientFhirError(
             request.method, str(request.url), None, f"{type(exc).__name__}: {exc}"
         ) from exc
+    except httpx.TransportError as exc:
+        # The server may have acted on it: only a request that does the same thing twice
+        # (a read, a PUT or DELETE, a conditional create) may be sent again.
+        kind = TransientFhirError if _idempotent(request) else FatalFhirError
+        what = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
+        raise kind(
+            request.method, str(request.url), None, f"{what} ({type(exc).__name__})"
+        ) from exc
+
+
+def _idempotent(request: httpx.Request) -> bool:
+    return request.method in ("GET", "HEAD", "PUT", "DELETE") or (
+        "If-None-Exist" in request.headers
+    )
 
 
 def _delay(attempt: int, response: httpx.Response | None) -> float:
@@ -111,7 +122,9 @@ def send(
 ) -> httpx.Response:
     """Send ``request``, retrying transient failures; return a 2xx response or raise.
 
-    Retried: 408, 429, 500, 502, 503, 504, timeouts and connection errors. A Retry-After
+    Retried: 408, 429, 500, 502, 503, 504 and connection errors; a timeout or a dropped
+    connection only for requests that are safe to repeat (reads, PUT, DELETE, conditional
+    creates), since the server may have acted on the first one. A Retry-After
     header is obeyed; a request whose next wait would pass ``policy.max_wait_s`` in total, or
     whose server asks for more than RETRY_AFTER_CAP_S, fails with the last error.
     """
