@@ -16,7 +16,14 @@ from typing import IO, Any
 
 from fhir_match.records import DataIssue, Json
 
-__all__ = ["FHIR_SUFFIXES", "fhir_files", "read_resources", "read_text_resources"]
+__all__ = [
+    "FHIR_SUFFIXES",
+    "fhir_files",
+    "localise_references",
+    "map_references",
+    "read_resources",
+    "read_text_resources",
+]
 
 FHIR_SUFFIXES = (".json", ".ndjson", ".jsonl", ".json.gz", ".ndjson.gz", ".jsonl.gz")
 _LOCAL_REF = re.compile(r"(?:^|/)([A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
@@ -124,19 +131,24 @@ def _bundle(bundle: Json, where: str, on_issue: OnIssue) -> Iterator[Json]:
             yield localise_references(resource, aliases)
 
 
-def localise_references(value: Any, aliases: dict[str, str]) -> Any:
-    """Rewrite every ``reference`` to ``Type/id`` where it can be done without guessing:
-    a known full URL, an absolute URL ending in ``Type/id``, or a ``_history`` suffix."""
+def map_references(value: Any, change: Callable[[str], str]) -> Any:
+    """Replace, in place, every ``reference`` string inside ``value`` by ``change(reference)``."""
     if isinstance(value, dict):
         for key, item in value.items():
             if key == "reference" and isinstance(item, str):
-                value[key] = _local(item, aliases)
+                value[key] = change(item)
             elif isinstance(item, dict | list):
-                localise_references(item, aliases)
+                map_references(item, change)
     elif isinstance(value, list):
         for item in value:
-            localise_references(item, aliases)
+            map_references(item, change)
     return value
+
+
+def localise_references(value: Any, aliases: dict[str, str]) -> Any:
+    """Rewrite every ``reference`` to ``Type/id`` where it can be done without guessing:
+    a known full URL, an absolute URL ending in ``Type/id``, or a ``_history`` suffix."""
+    return map_references(value, lambda reference: _local(reference, aliases))
 
 
 def _local(reference: str, aliases: dict[str, str]) -> str:

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from fhir_match.files import map_references
 from fhir_match.records import Json, PatientRecord
 
 __all__ = ["group_by_patient", "patient_of"]
@@ -36,16 +37,14 @@ def patient_of(resource: Json) -> str | None:
     return None
 
 
-def _references(value: Any, found: set[str]) -> set[str]:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key == "reference" and isinstance(item, str):
-                found.add(item)
-            elif isinstance(item, dict | list):
-                _references(item, found)
-    elif isinstance(value, list):
-        for item in value:
-            _references(item, found)
+def _references(value: Any) -> set[str]:
+    found: set[str] = set()
+
+    def note(reference: str) -> str:
+        found.add(reference)
+        return reference
+
+    map_references(value, note)
     return found
 
 
@@ -111,7 +110,7 @@ def _read_back(db: sqlite3.Connection) -> Iterator[PatientRecord]:
 
 
 def _record(db: sqlite3.Connection, patient: str, resources: list[Json]) -> PatientRecord:
-    wanted = sorted(ref for ref in _references(resources, set()) if not ref.startswith("Patient/"))
+    wanted = sorted(ref for ref in _references(resources) if not ref.startswith("Patient/"))
     attached: list[Json] = []
     if wanted:
         marks = ",".join("?" * len(wanted))
