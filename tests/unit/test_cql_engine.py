@@ -401,3 +401,398 @@ def test_protocol_errors_get_an_answer_and_the_process_stays_up(elm_dir: Path) -
     assert "unknown op" in answers[2]["error"]
     assert "no library loaded" in answers[3]["error"]
     assert answers[5]["results"] == [{"patientId": "alice", "values": {"Age": 54}}]
+
+
+# Speed-ups (node/speedups.mjs): the same results as the libraries alone
+
+
+def _plain_engine(monkeypatch: pytest.MonkeyPatch, start: NodeCqlEngine) -> None:
+    """Start ``start`` now with the speed-ups; engines started after this run without them."""
+    start.start()
+    monkeypatch.setenv("FHIR_MATCH_CQL_SPEEDUPS", "0")
+
+
+def test_the_speedups_change_no_value_of_the_fixtures(
+    elm_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    window: JsonValue = {"low": "2021-01-01T00:00:00Z", "high": "2021-12-31T23:59:59Z"}
+    fast = _engine(elm_dir)
+    fast_helpers = NodeCqlEngine("HelpersTest", elm_dir=elm_dir, parameters={"Window": window})
+    fast_helpers.start()
+    _plain_engine(monkeypatch, fast)
+    plain = _engine(elm_dir)
+    plain_helpers = NodeCqlEngine("HelpersTest", elm_dir=elm_dir, parameters={"Window": window})
+    with fast, plain, fast_helpers, plain_helpers:
+        patients = [ALICE, BOB, CAROL]
+        assert fast.evaluate(patients) == plain.evaluate(patients)
+        helpers = [_bundle("helpers")]
+        assert fast_helpers.evaluate(helpers) == plain_helpers.evaluate(helpers)
+
+
+def test_the_speedups_change_no_value_of_the_study_library(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every criteria case through KN5501, each value of each definition, with and without."""
+    from fhir_match.evaluate.engine import DEFAULT_ELM_DIR
+    from fhir_match.evaluate.evaluator import patient_shell
+    from fhir_match.evaluate.study import load_study
+    from fhir_match.normalise import normalise
+    from fhir_match.records import PatientRecord
+    from fhir_match.screen import load_normaliser
+    from tests.criteria.conftest import PATIENT_ID, load_cases
+
+    translate_cql()
+    elm = shutil.copytree(DEFAULT_ELM_DIR, tmp_path / "elm")  # one translation for both runs
+    study = load_study("kn5501")
+    normaliser = load_normaliser(study)
+    by_date: dict[date, list[Bundle]] = {}
+    for case in load_cases():
+        record = patient_shell(PatientRecord(f"Patient/{PATIENT_ID}", case.resources))
+        by_date.setdefault(case.as_of, []).append(normalise(record, normaliser).bundle)
+    assert sum(len(b) for b in by_date.values()) > 100
+
+    def engines() -> dict[date, NodeCqlEngine]:
+        return {
+            as_of: NodeCqlEngine(
+                study.library,
+                version=study.library_version,
+                value_sets=normaliser.terminology.expansions,
+                parameters={"As Of": as_of, **study.parameters},
+                elm_dir=elm,
+            )
+            for as_of in by_date
+        }
+
+    fast = engines()
+    for engine in fast.values():
+        engine.start()
+    monkeypatch.setenv("FHIR_MATCH_CQL_SPEEDUPS", "0")
+    plain = engines()
+    try:
+        for as_of, bundles in by_date.items():
+            assert fast[as_of].evaluate(bundles) == plain[as_of].evaluate(bundles)
+    finally:
+        for engine in [*fast.values(), *plain.values()]:
+            engine.close()
+
+
+SHADOWING_CQL = """
+library Shadowing version '1.0.0'
+using FHIR version '4.0.1'
+include FHIRHelpers version '4.0.1' called FHIRHelpers
+context Patient
+define "X": 10
+define function AddX(a Integer): a + "X"
+define function Twice(a Integer): AddX(a) + AddX(a)
+define "Alias Named Like A Definition": ({ 1, 2 }) X return AddX(X)
+define "Nested": ({ 1 }) X return Twice(1)
+define "Plain": AddX(1)
+define "Plain Twice": Twice(1)
+define "Same Call Again": { AddX(1), AddX(1), Twice(1) }
+"""
+
+
+def test_a_remembered_function_result_is_not_shared_with_a_shadowing_caller(
+    tmp_path: Path, helpers_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cql-execution looks definitions up through the caller's context: a query alias named like
+    a definition is found instead (its quirk, kept). Function results must not leak across."""
+    source = tmp_path / "cql"
+    source.mkdir()
+    (source / "Shadowing.cql").write_text(SHADOWING_CQL)
+    elm = translate_cql([helpers_dir, source], tmp_path / "elm")
+    fast = NodeCqlEngine("Shadowing", version="1.0.0", elm_dir=elm)
+    _plain_engine(monkeypatch, fast)
+    plain = NodeCqlEngine("Shadowing", version="1.0.0", elm_dir=elm)
+    with fast, plain:
+        (fast_outcome,) = fast.evaluate([ALICE])
+        (plain_outcome,) = plain.evaluate([ALICE])
+    assert fast_outcome == plain_outcome
+    values = _values(fast_outcome)
+    assert values["Plain"] == 11
+    assert values["Plain Twice"] == 22
+    assert values["Same Call Again"] == [11, 11, 22]
+
+
+def test_each_speedup_matches_the_library_code_it_replaces(tmp_path: Path) -> None:
+    """FHIR objects, distinct, date parsing, date arithmetic and ages, value by value."""
+    script = tmp_path / "selfcheck.mjs"
+    script.write_text(SELF_CHECK_JS)
+    patients = sorted(str(p) for p in (FIXTURES / "patients").glob("*.json"))
+    done = subprocess.run(
+        ["node", str(script), str(CQL_DIR.parent / "node"), *patients],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["failures"] == []
+    for kind in ("fhir values", "fhir equals", "distinct", "DateTime.parse", "age", "arithmetic"):
+        assert report["counts"].get(kind, 0) > 100, kind
+
+
+SELF_CHECK_JS = r"""
+// Each speed-up against the library code it replaces, on the same inputs. Prints one JSON line.
+import fs from 'node:fs';
+import path from 'node:path';
+import { createRequire } from 'node:module';
+import { pathToFileURL } from 'node:url';
+
+const [nodeDir, ...bundleFiles] = process.argv.slice(2);
+const require = createRequire(path.join(nodeDir, 'serve.mjs'));
+const cql = require('cql-execution');
+const cqlfhir = require('cql-exec-fhir');
+const comparison = require('cql-execution/lib/util/comparison');
+const list = require('cql-execution/lib/elm/list');
+const quantity = require('cql-execution/lib/datatypes/quantity');
+const immutableUtil = require('cql-execution/lib/util/immutableUtil');
+const { Uncertainty } = require('cql-execution/lib/datatypes/uncertainty');
+const luxon = createRequire(require.resolve('cql-execution'))('luxon');
+
+// The library's own code, kept before the speed-ups replace it.
+const ARITHMETIC = ['doAddition', 'doSubtraction', 'doMultiplication'];
+const library = {
+  distinct: list.toDistinctList,
+  key: immutableUtil.toNormalizedKey,
+  parseDateTime: cql.DateTime.parse,
+  parseDate: cql.Date.parse,
+  durationBetween: cql.Date.prototype.durationBetween,
+  arithmetic: Object.fromEntries(ARITHMETIC.map((f) => [f, quantity[f]])),
+};
+const plainSource = cqlfhir.PatientSource.FHIRv401();
+const fastSource = cqlfhir.PatientSource.FHIRv401();
+const speedupsUrl = pathToFileURL(path.join(nodeDir, 'speedups.mjs'));
+const { installSpeedups, _internals } = await import(speedupsUrl);
+const speedups = installSpeedups(fastSource, { resourceKey: () => null });
+immutableUtil.toNormalizedKey = (v) => speedups.fhirKey(v) ?? library.key(v);
+
+let seed = 42;
+const random = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
+const pick = (a) => a[Math.floor(random() * a.length)];
+const int = (lo, hi) => lo + Math.floor(random() * (hi - lo + 1));
+const pad = (n, w) => String(n).padStart(w, '0');
+const failures = [];
+const counts = {};
+function check(kind, ok, detail) {
+  counts[kind] = (counts[kind] ?? 0) + 1;
+  if (!ok && failures.length < 20) failures.push(`${kind}: ${detail}`);
+}
+const json = (v) => JSON.stringify(v, (k, x) => (Object.is(x, -0) ? '-0' : x));
+const show = (v) => {
+  if (Object.is(v, -0)) return 'number:-0';
+  if (v == null || typeof v !== 'object') return `${typeof v}:${String(v)}`;
+  if (Array.isArray(v)) return `list(${v.length})`;
+  if (typeof v.getTypeInfo === 'function') return `fhir:${v.getTypeInfo()?.name}:${json(v._json)}`;
+  return `${v.constructor?.name}:${json(v)}|${v.timezoneOffset}`;
+};
+const sameList = (a, b) => a.length === b.length && a.every((v, j) => Object.is(v, b[j]));
+
+// 1. FHIR objects: every element, paths and explicit choices, equality and equivalence.
+const PATHS = ['code.coding', 'value', 'valueQuantity', 'onsetDateTime', 'effectivePeriod',
+  'medicationCodeableConcept', 'status.value', 'noSuchElement'];
+function sameFhir(a, b, where, depth) {
+  const same = show(a) === show(b);
+  check('fhir values', same, `${where}: ${show(a)} / ${show(b)}`);
+  if (!same || a == null || typeof a !== 'object' || depth > 5) return;
+  if (Array.isArray(a)) {
+    a.forEach((x, i) => sameFhir(x, b[i], `${where}[${i}]`, depth + 1));
+    return;
+  }
+  if (typeof a.getTypeInfo !== 'function') return;
+  const names = Object.keys(a);
+  const fastNames = [];
+  for (const k in b) fastNames.push(k);
+  check('fhir elements', names.join() === fastNames.join(), where);
+  const types = (x) => JSON.stringify(x._typeHierarchy());
+  check('fhir types', types(a) === types(b), where);
+  for (const n of [...names, ...PATHS]) sameFhir(a.get(n), b.get(n), `${where}.${n}`, depth + 1);
+}
+const UCUM = { system: 'http://unitsofmeasure.org', code: 'mg', unit: 'mg', value: 5 };
+const crafted = {
+  resourceType: 'Bundle',
+  entry: [
+    { resourceType: 'Patient', id: 'p', birthDate: '1980-05',
+      _birthDate: { extension: [{ url: 'u', valueString: 'x' }] },
+      name: [{ given: ['A', 'B'], _given: [null, { id: 'g2' }] }],
+      deceasedBoolean: false, multipleBirthInteger: 2 },
+    { resourceType: 'Observation', id: 'o1', status: 'final', code: { text: 'x' },
+      _valueString: { extension: [{ url: 'u', valueCode: 'c' }] },
+      effectivePeriod: { start: '2020-01-01T10:00:00+02:00' }, issued: '2020-01-02T00:00:00.000Z' },
+    { resourceType: 'Observation', id: 'o2', status: 'final',
+      code: { coding: [{ system: 's', code: '1' }] }, valueQuantity: UCUM,
+      effectiveDateTime: '2020-02-29',
+      component: [{ code: { text: 'c' }, valueTime: '10:30:00' }] },
+    { resourceType: 'Observation', id: 'o3', status: 'final',
+      code: { coding: [{ system: 's', code: '1' }] }, valueQuantity: UCUM,
+      effectiveDateTime: '2020-02-29' },
+    { resourceType: 'Condition', id: 'c1', code: { coding: [{ system: 's', code: '1' }] },
+      onsetPeriod: { end: '2019' }, abatementString: 'gone', _recordedDate: { id: 'r' } },
+    { resourceType: 'MedicationRequest', id: 'm1', status: 'active', intent: 'order',
+      medicationCodeableConcept: { text: 'drug' },
+      dosageInstruction: [{ timing: { repeat: { boundsPeriod: { start: '2021-03' } } },
+        route: { text: 'iv' } }] },
+  ].map((resource) => ({ resource })),
+};
+const read = (file) => JSON.parse(fs.readFileSync(file, 'utf8'));
+const bundles = [crafted, ...bundleFiles.map(read)];
+const quiet = console.error;
+console.error = () => {};
+for (const bundle of bundles) {
+  plainSource.reset();
+  plainSource.loadBundles([bundle]);
+  const plainPatient = plainSource.currentPatient();
+  const fastPatient = speedups.patientFor(bundle);
+  for (const type of new Set(bundle.entry.map((e) => e.resource.resourceType))) {
+    const details = { datatype: `{http://hl7.org/fhir}${type}` };
+    const a = plainPatient.findRecords(details.datatype, details);
+    const b = fastPatient.findRecords(details.datatype, details);
+    sameFhir(a, b, `${bundle.entry[0].resource.id}:${type}`, 0);
+    const parts = (r) => [r, r.code, r.code?.coding?.[0], r.id, r.meta, r.subject];
+    for (let i = 0; i < a.length; i++) {
+      for (let j = 0; j < a.length; j++) {
+        const [pa, qa, pb, qb] = [parts(a[i]), parts(a[j]), parts(b[i]), parts(b[j])];
+        for (let k = 0; k < pa.length; k++) {
+          for (const f of ['equals', 'equivalent']) {
+            const x = comparison[f](pa[k], qa[k]);
+            const y = comparison[f](pb[k], qb[k]);
+            check(`fhir ${f}`, Object.is(x, y), `${type} ${i}/${j} part ${k}: ${x} / ${y}`);
+          }
+        }
+      }
+    }
+  }
+}
+console.error = quiet;
+
+// 2. distinct: the first of each group of equal keys, in order.
+const dt = (s) => library.parseDateTime.call(cql.DateTime, s);
+const day = (s) => library.parseDate.call(cql.Date, s);
+const coded = (display, i) => ({
+  resource: { resourceType: 'Condition', id: `c${i}`,
+    code: { coding: [{ system: 's', code: '1', display }], text: 't' } },
+});
+const conditionBundle = {
+  resourceType: 'Bundle',
+  entry: [{ resource: { resourceType: 'Patient', id: 'p' } }, ...['x', 'x', undefined].map(coded)],
+};
+const conditions = speedups.patientFor(conditionBundle)
+  .findRecords('', { datatype: '{http://hl7.org/fhir}Condition' });
+const fhirValues = [...conditions, ...conditions.map((c) => c.code),
+  ...conditions.map((c) => c.code.coding[0]), ...conditions.map((c) => c.id)];
+const DATETIMES = ['2020-01-01T10:00:00+02:00', '2020-01-01T08:00:00Z', '2020-01-01T08:00',
+  '2020-01-01T08:00:00.000+00:00', '2020-01-01T13:30:00+05:30', '2020-01-01'];
+const atoms = [
+  () => pick([0, -0, 1, 1.5, NaN, Infinity, '1', '0', 'a', 'a"b', 'a,b', '', null, undefined,
+    true, false]),
+  () => new cql.Code(pick(['1', '2', undefined]), pick(['s', undefined]), pick([undefined, 'v']),
+    pick([undefined, 'd'])),
+  () => day(pick(['2020', '2020-01', '2020-01-02', '2020-01-03'])),
+  () => dt(pick(DATETIMES)),
+  () => pick([new Uncertainty(1, 1), new Uncertainty(1, 2)]),
+  () => pick([new cql.Quantity(1, 'mg'), new cql.Interval(1, 2)]),
+  () => pick(fhirValues),
+];
+function value(depth = 0) {
+  const r = random();
+  if (depth > 2 || r < 0.55) return pick(atoms)();
+  if (r < 0.75) return Array.from({ length: int(0, 2) }, () => value(depth + 1));
+  const tuple = {};
+  for (const k of ['a', 'b', 'c']) if (random() < 0.7) tuple[k] = value(depth + 1);
+  return tuple;
+}
+const [c0, c1, c2] = conditions;
+const lists = [
+  [0, -0], [-0, 0], [NaN, NaN], ['1', 1], [1, 1.0], [null, undefined], [true, 'true'],
+  [dt(DATETIMES[0]), dt(DATETIMES[1]), dt(DATETIMES[4])],
+  [new cql.Code('1', 's'), new cql.Code('1', 's'), new cql.Code('1', 's', undefined, 'd')],
+  [c0.code, c1.code, c2.code, c0.code.coding[0], c1.code.coding[0]], [c0, c0, c1],
+  [{ a: 1, b: 2 }, { b: 2, a: 1 }, { a: 1 }], [{ a: null }, {}, { a: undefined }],
+  [{ __instance: 5, a: 1 }, { a: 1 }], [[1, 2], [1, 2], [2, 1]], [new Uncertainty(1, 1), 1],
+  [day('2020-01'), day('2020-01')],
+];
+for (let i = 0; i < 3000; i++) {
+  const pool = Array.from({ length: int(1, 5) }, () => value());
+  lists.push(Array.from({ length: int(0, 6) }, () => pick(pool)));
+}
+for (const items of lists) {
+  const ok = sameList(library.distinct(items), list.toDistinctList(items));
+  check('distinct', ok, items.map(show).join(' '));
+}
+
+// 3. date strings: the same DateTime/Date (or null) as the library's parse.
+const two = (lo, hi) => pad(int(lo, hi), 2);
+const shapes = [
+  () => pad(int(0, 9999), 4),
+  () => `${pad(int(0, 9999), 4)}-${two(0, 13)}`,
+  () => `${pad(int(1, 2100), 4)}-${two(0, 13)}-${two(0, 32)}`,
+  () => `${pad(int(1, 2100), 4)}-${two(1, 12)}-${two(1, 31)}T${two(0, 25)}:${two(0, 61)}`
+    + pick(['', `:${two(0, 61)}`, `:${two(0, 61)}.${pad(int(0, 999), 3)}`, `:00.${int(0, 99999)}`])
+    + pick(['', 'Z', `+${two(0, 16)}:${two(0, 61)}`, `-${two(0, 16)}:${two(0, 61)}`,
+      `+${two(0, 14)}`]),
+];
+const FORMATS = { 4: 'yyyy', 7: 'yyyy-MM', 10: 'yyyy-MM-dd' };
+for (let i = 0; i < 8000; i++) {
+  const s = pick(shapes)();
+  check('DateTime.parse', show(cql.DateTime.parse(s)) === show(dt(s)), s);
+  check('Date.parse', show(cql.Date.parse(s)) === show(day(s)), s);
+  if (_internals.checkedValid(s, false)) {
+    check('checkedValid', luxon.DateTime.fromFormat(s, FORMATS[s.length]).isValid, s);
+  }
+}
+
+// 4. whole years between dates, month ends and 29 February included.
+const days = (y, m) => new Date(Date.UTC(y, m, 0)).getUTCDate();
+const dates = [];
+for (const y of [1999, 2000, 2001, 2004, 2023, 2024, 2100]) {
+  for (let m = 1; m <= 12; m++) {
+    for (const d of [1, 28, 29, 30, 31]) if (d <= days(y, m)) dates.push(new cql.Date(y, m, d));
+  }
+}
+for (let i = 0; i < 3000; i++) {
+  const [y, m] = [int(1900, 2100), int(1, 12)];
+  dates.push(new cql.Date(y, m, int(1, days(y, m))));
+}
+dates.push(new cql.Date(2000, 5, null), new cql.Date(1999, null, null));
+const febs = [];
+for (const y of [1999, 2000, 2001, 2003, 2004, 2005, 2023, 2024, 2025]) {
+  febs.push(new cql.Date(y, 2, 28), new cql.Date(y, 3, 1));
+  if (days(y, 2) === 29) febs.push(new cql.Date(y, 2, 29));
+}
+const pairs = febs.flatMap((a) => febs.map((b) => [a, b]));
+for (let i = 0; i < 10000; i++) pairs.push([pick(dates), pick(dates)]);
+for (const [a, b] of pairs) {
+  const x = library.durationBetween.call(a, b, 'year');
+  const y = a.durationBetween(b, 'year');
+  const ok = Object.is(x.low, y.low) && Object.is(x.high, y.high);
+  check('age', ok, `${a} ${b}: ${x.low},${x.high} / ${y.low},${y.high}`);
+}
+
+// 5. arithmetic on dates and quantities, twice (the second time from the cache).
+const UNITS = ['day', 'days', 'week', 'month', 'year', 'mg', 'g', '1', 'h'];
+const operands = [
+  () => new cql.Quantity(pick([0, -0, 1, 2, 28, 180, 0.5]), pick(UNITS)),
+  () => pick([0, -0, 1, 2, 7, 0.5, 180]),
+  () => pick(febs),
+  () => dt(pick(['2020-01-31T10:00:00+02:00', '2024-02-29T23:30:00Z',
+    '2020-03-08T02:30:00-05:00'])),
+];
+const outcome = (f, a, b) => {
+  try {
+    return show(f(a, b));
+  } catch (e) {
+    return `throws ${e.message}`;
+  }
+};
+for (let i = 0; i < 4000; i++) {
+  const f = pick(ARITHMETIC);
+  const [a, b] = [pick(operands)(), pick(operands)()];
+  const x = outcome(library.arithmetic[f], a, b);
+  for (let k = 0; k < 2; k++) {
+    const y = outcome(quantity[f], a, b);
+    check('arithmetic', x === y, `${f}(${show(a)}, ${show(b)}): ${x} / ${y}`);
+  }
+}
+
+console.log(JSON.stringify({ counts, failures }));
+"""
