@@ -25,6 +25,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _own_peak_mb() -> float:
+    """This process's own peak RSS. Not ru_maxrss: Linux carries that over from the parent
+    through fork and exec, so the child would report the benchmark driver's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def screen_once(population: Path, results: Path) -> dict[str, float]:
     """Run in a child process: screen ``population`` and report the figures as JSON."""
     from fhir_match.evaluate.engine import NodeCqlEngine, translate_cql
@@ -51,7 +60,7 @@ def screen_once(population: Path, results: Path) -> dict[str, float]:
         "patients": summary.patients,
         "failures": len(summary.failures),
         "seconds": seconds,
-        "python_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "python_peak_mb": _own_peak_mb(),
         "engine_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }
 
