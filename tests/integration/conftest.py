@@ -20,10 +20,10 @@ import redis
 from fhir_match.config import Settings
 from fhir_match.errors import FhirError
 from fhir_match.fhir import FhirClient, Search
+from fhir_match.seed import TAG_SYSTEM
 
 from ..conftest import ROOT
 
-TAG_SYSTEM = "https://fhir-match.org/fhir/CodeSystem/run-tag"
 READY_TIMEOUT_S = 60
 
 
