@@ -3,17 +3,24 @@
 A task is acknowledged only after it finishes (``acks_late``) and is handed back to the
 queue if its worker dies (``task_reject_on_worker_lost``), so every task must be idempotent.
 Workers take one task at a time from the broker, since a task can run for minutes.
+Beat runs each study's discovery on the schedule from the settings (worker/schedule.py).
 """
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 
-from fhir_match.config import load_settings
+from fhir_match.config import PROJECT_DIR, load_settings
+from worker.schedule import beat_schedule
 
 __all__ = ["app"]
 
 _settings = load_settings()
+
+# httpx logs every request's full URL at INFO, and a search URL names patients.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 app = Celery(
     "fhir_match",
@@ -32,4 +39,6 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
     timezone="UTC",
+    beat_schedule=beat_schedule(_settings),
+    beat_schedule_filename=str(PROJECT_DIR / "var" / "beat-schedule"),
 )

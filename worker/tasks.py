@@ -1,15 +1,96 @@
-"""Thin Celery tasks: they take ids and settings names, never resources or patient data."""
+"""Thin Celery tasks: they take ids and settings names, never resources or patient data.
+
+A discovery run is three kinds of task:
+``discover`` takes the study's lock, finds the cohort and fans it out in batches;
+``screen_patients`` fetches, evaluates and writes back one batch (patient ids in, counts
+out); ``finish_discovery``, the chord's callback, unlists whom a full run no longer finds,
+writes the run's Group and releases the lock. Every task is idempotent, so a redelivered
+task (``acks_late``) changes nothing the second time.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from fhir_match.config import load_settings
+import redis
+from celery import Task, chord
+from celery.signals import worker_process_shutdown
+
+from fhir_match.config import Settings, load_settings
+from fhir_match.discovery import (
+    ensure_study,
+    find_patients,
+    finish_run,
+    screen_batch,
+    study_setup,
+)
+from fhir_match.errors import FhirMatchError, TransientFhirError
+from fhir_match.evaluate.engine import NodeCqlEngine
 from fhir_match.fhir import FhirClient
+from fhir_match.screen import study_engine
 from fhir_match.server import describe_server
+from fhir_match.writeback import RunInfo
+from worker import runs
 from worker.app import app
 
-__all__ = ["check_fhir_server"]
+__all__ = ["check_fhir_server", "discover", "finish_discovery", "screen_patients"]
+
+log = logging.getLogger(__name__)
+
+PATIENTS_PER_BATCH = 100
+"""Patients per evaluation task: a few requests per resource type, one engine call."""
+TASK_RETRIES = 5
+SINCE_MARGIN = timedelta(minutes=5)
+"""An incremental run looks back this much before the last run's start: writes that were
+in flight while it read are not missed."""
+
+_engines: dict[tuple[str, str], NodeCqlEngine] = {}
+
+
+def _settings(base_url: str | None) -> Settings:
+    settings = load_settings()
+    return replace(settings, fhir=settings.fhir.with_base_url(base_url)) if base_url else settings
+
+
+def _redis(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis_url, socket_timeout=30)
+
+
+def _engine(study_id: str, as_of: str) -> NodeCqlEngine:
+    """One engine per worker process and study, reloaded when the screening date changes."""
+    key = (study_id, as_of)
+    if key not in _engines:
+        for other in [k for k in _engines if k[0] == study_id]:
+            _engines.pop(other).close()
+        setup = study_setup(study_id)
+        _engines[key] = study_engine(setup.study, setup.normaliser, date.fromisoformat(as_of))
+    return _engines[key]
+
+
+@worker_process_shutdown.connect  # type: ignore[untyped-decorator]
+def _close_engines(**_: object) -> None:
+    while _engines:
+        _engines.popitem()[1].close()
+
+
+def _scope(study_id: str, tag: str) -> str:
+    """Whose last run an incremental run continues: a tagged population is its own."""
+    return f"{study_id}:{tag}" if tag else study_id
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _error(exc: BaseException) -> str:
+    """A failure as the run record shows it: our errors are written PHI-free; anything
+    else is named by its type only, since its message may quote data."""
+    return str(exc) if isinstance(exc, FhirMatchError) else f"unexpected {type(exc).__name__}"
 
 
 @app.task  # type: ignore[untyped-decorator]
@@ -18,8 +99,177 @@ def check_fhir_server(base_url: str | None = None) -> dict[str, Any]:
 
     No task-level retries: the FHIR client already retries transient failures.
     """
-    settings = load_settings().fhir
-    if base_url:
-        settings = settings.with_base_url(base_url)
-    with FhirClient(settings) as client:
+    with FhirClient(_settings(base_url).fhir) as client:
         return describe_server(client)
+
+
+def _full(settings: Settings, last: dict[str, Any] | None, mode: str) -> bool:
+    if mode != "auto":
+        return mode == "full"
+    if last is None or not last.get("full_started"):
+        return True
+    age = datetime.now(UTC) - datetime.fromisoformat(last["full_started"])
+    return age > timedelta(days=settings.full_every_days)
+
+
+@app.task(  # type: ignore[untyped-decorator]
+    bind=True,
+    autoretry_for=(TransientFhirError,),
+    retry_backoff=True,
+    max_retries=TASK_RETRIES,
+)
+def discover(
+    self: Task,
+    study_id: str,
+    base_url: str | None = None,
+    as_of: str | None = None,
+    mode: str = "auto",
+    tag: str = "",
+) -> dict[str, Any]:
+    """Start a discovery run of one study: lock it, find the cohort, fan out the batches.
+
+    ``mode`` is full (every patient of the cohort), incremental (only those whose record
+    changed since the last run) or auto (incremental, full when the last full run is older
+    than FHIR_MATCH_FULL_EVERY_DAYS). With a run ``tag``, only patients found through
+    resources carrying it are screened, and what is written carries it. The run's id is
+    this task's id.
+    """
+    run_id = str(self.request.id)
+    settings = _settings(base_url)
+    store = _redis(settings)
+    if not runs.acquire_lock(store, study_id, run_id):
+        holder = runs.lock_holder(store, study_id)
+        runs.save_run(
+            store,
+            run_id,
+            study=study_id,
+            state="skipped",
+            finished=_now(),
+            reason=f"run {holder} of {study_id} is still in progress",
+        )
+        return {"run": run_id, "state": "skipped"}
+    try:
+        started = _now()
+        as_of = as_of or date.today().isoformat()
+        last = runs.last_run(store, _scope(study_id, tag))
+        full = _full(settings, last, mode)
+        since = None
+        if not full and last is not None:
+            since = (datetime.fromisoformat(last["started"]) - SINCE_MARGIN).isoformat()
+        setup = study_setup(study_id)
+        with FhirClient(settings.fhir) as client:
+            study_ref = ensure_study(client, setup.study, tag)
+            cohort = find_patients(client, setup, tag)
+        batches = [
+            cohort[i : i + PATIENTS_PER_BATCH] for i in range(0, len(cohort), PATIENTS_PER_BATCH)
+        ]
+        runs.save_run(
+            store,
+            run_id,
+            study=study_id,
+            state="running",
+            base_url=settings.fhir.base_url,
+            as_of=as_of,
+            tag=tag,
+            full=full,
+            since=since,
+            started=started,
+            study_ref=study_ref,
+            cohort=len(cohort),
+            batches_total=len(batches),
+            full_started=started if full else (last or {}).get("full_started"),
+        )
+        if full:
+            store.delete(f"{runs.PREFIX}:run:{run_id}:cohort")
+            if cohort:
+                store.sadd(f"{runs.PREFIX}:run:{run_id}:cohort", *cohort)
+                store.expire(f"{runs.PREFIX}:run:{run_id}:cohort", runs.RUN_TTL_S)
+    except Exception as exc:
+        runs.save_run(
+            store, run_id, study=study_id, state="failed", finished=_now(), error=_error(exc)
+        )
+        runs.release_lock(store, study_id, run_id)
+        raise
+    queue = (self.request.delivery_info or {}).get("routing_key")
+    header = [
+        screen_patients.s(run_id, n, batch).set(queue=queue) for n, batch in enumerate(batches)
+    ]
+    callback = finish_discovery.s(run_id).set(queue=queue)
+    if header:
+        chord(header)(callback)
+    else:
+        callback.apply_async(args=([],))
+    return {"run": run_id, "state": "running", "cohort": len(cohort), "batches": len(batches)}
+
+
+@app.task(bind=True, max_retries=TASK_RETRIES)  # type: ignore[untyped-decorator]
+def screen_patients(self: Task, run_id: str, batch: int, patients: Sequence[str]) -> dict[str, Any]:
+    """Fetch, evaluate and write back one batch. Transient FHIR failures are retried with
+    backoff; a batch that still fails is recorded and the run goes on without it."""
+    store = _redis(load_settings())
+    run = runs.load_run(store, run_id)
+    if run is None:
+        return {"batch": batch, "error": "no such run"}
+    settings = _settings(run["base_url"])
+    started = time.perf_counter()
+    info = RunInfo(run_id, run["as_of"], run["started"], run["tag"])
+    try:
+        setup = study_setup(run["study"])
+        engine = _engine(run["study"], run["as_of"])
+        with FhirClient(settings.fhir) as client:
+            report = screen_batch(
+                client, setup, engine, patients, run["study_ref"], info, since=run.get("since")
+            ).as_json()
+    except TransientFhirError as exc:
+        if self.request.retries < TASK_RETRIES:
+            raise self.retry(exc=exc, countdown=min(300, 10 * 2**self.request.retries)) from exc
+        report = {"patients": len(patients), "failed_batches": 1, "failures": [_error(exc)]}
+    except Exception as exc:
+        log.exception("batch %s of run %s failed", batch, run_id)
+        report = {"patients": len(patients), "failed_batches": 1, "failures": [_error(exc)]}
+    report["seconds"] = round(time.perf_counter() - started, 3)
+    runs.record_batch(store, run_id, batch, report)
+    return {"batch": batch, "failed": bool(report.get("failed_batches"))}
+
+
+@app.task(  # type: ignore[untyped-decorator]
+    bind=True,
+    autoretry_for=(TransientFhirError,),
+    retry_backoff=True,
+    max_retries=TASK_RETRIES,
+)
+def finish_discovery(self: Task, results: list[dict[str, Any]], run_id: str) -> dict[str, Any]:
+    """Unlist whom a full run no longer finds, write the run's Group, release the lock."""
+    store = _redis(load_settings())
+    run = runs.load_run(store, run_id)
+    if run is None:
+        return {"run": run_id, "error": "no such run"}
+    if run.get("state") in ("done", "failed"):
+        return {"run": run_id, "state": run["state"]}  # delivered twice: done already
+    settings = _settings(run["base_url"])
+    info = RunInfo(run_id, run["as_of"], run["started"], run["tag"])
+    cohort = None
+    if run["full"]:
+        members = store.smembers(f"{runs.PREFIX}:run:{run_id}:cohort")
+        cohort = {m.decode() for m in members}  # type: ignore[union-attr]
+    try:
+        with FhirClient(settings.fhir) as client:
+            report = finish_run(client, study_setup(run["study"]), run["study_ref"], info, cohort)
+    except TransientFhirError:
+        raise
+    except Exception as exc:
+        runs.save_run(store, run_id, state="failed", finished=_now(), error=_error(exc))
+        runs.release_lock(store, run["study"], run_id)
+        raise
+    batches = runs.load_run(store, run_id)["batches"]  # type: ignore[index]
+    clean = not batches["failures"] and batches["batches_done"] == run["batches_total"]
+    runs.save_run(store, run_id, state="done", finished=_now(), result=report.as_json())
+    if clean and not report.left_cohort.failed:
+        runs.remember_last_run(
+            store,
+            _scope(run["study"], run["tag"]),
+            {"run": run_id, "started": run["started"], "full_started": run["full_started"]},
+        )
+    store.delete(f"{runs.PREFIX}:run:{run_id}:cohort")
+    runs.release_lock(store, run["study"], run_id)
+    return {"run": run_id, "state": "done", **report.as_json()}

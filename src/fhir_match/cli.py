@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import NoReturn
@@ -35,7 +36,7 @@ def fatal(message: str, code: int) -> NoReturn:
 def _settings(args: argparse.Namespace) -> Settings:
     settings = load_settings()
     if getattr(args, "fhir_url", None):
-        settings = Settings(settings.fhir.with_base_url(args.fhir_url), settings.redis_url)
+        settings = replace(settings, fhir=settings.fhir.with_base_url(args.fhir_url))
     return settings
 
 
@@ -67,6 +68,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _only_study() -> str | None:
+    """The default --study: the one study configured, if there is only one."""
+    from fhir_match.evaluate.study import configured_studies
+
+    studies = configured_studies()
+    return studies[0] if len(studies) == 1 else None
+
+
 def _date(text: str) -> date:
     try:
         return date.fromisoformat(text)
@@ -76,20 +85,14 @@ def _date(text: str) -> date:
 
 def cmd_screen(args: argparse.Namespace) -> int:
     """Screen patients in FHIR files against a study's criteria; one JSON line per patient."""
-    from fhir_match.evaluate.engine import NodeCqlEngine, translate_cql
+    from fhir_match.evaluate.engine import translate_cql
     from fhir_match.evaluate.study import load_study
-    from fhir_match.screen import load_normaliser, screen
+    from fhir_match.screen import load_normaliser, screen, study_engine
 
     study = load_study(args.study)
     translate_cql()
     normaliser = load_normaliser(study)
-    parameters = {"As Of": args.as_of, **study.parameters}
-    engine = NodeCqlEngine(
-        study.library,
-        version=study.library_version,
-        value_sets=normaliser.terminology.expansions,
-        parameters=parameters,
-    )
+    engine = study_engine(study, normaliser, args.as_of)
     output = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     try:
         with engine:
@@ -107,7 +110,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
     """Write a synthetic hospital population (FHIR R4) and the answers each patient should get."""
     from fhir_match.synth.generate import generate
 
-    summary = generate(args.patients, args.seed, args.out, args.format, as_of=args.as_of)
+    summary = generate(
+        args.patients, args.seed, args.out, args.format, as_of=args.as_of, itp_share=args.itp_share
+    )
     print(json.dumps(summary.manifest(), indent=2, default=str))
     return EXIT_OK
 
@@ -143,6 +148,95 @@ def cmd_seed(args: argparse.Namespace) -> int:
     return EXIT_OK if not (summary.skipped or summary.failed) else EXIT_FAILURE
 
 
+RUN_POLL_S = 0.5
+FINAL_STATES = ("done", "failed", "skipped")
+
+
+def _bar(run: dict[str, object]) -> str:
+    batches = run.get("batches") or {}
+    done = int(batches.get("batches_done", 0)) if isinstance(batches, dict) else 0
+    total = int(str(run.get("batches_total") or 0))
+    width = 30
+    filled = width * done // total if total else 0
+    return (
+        f"\r{run.get('state', 'queued'):8} [{'#' * filled}{'-' * (width - filled)}] "
+        f"{done}/{total} batches, cohort {run.get('cohort', '?')}"
+    )
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    """Run cohort discovery for a study through the worker; write the candidate list back."""
+    import time
+    import uuid
+
+    import redis
+
+    from fhir_match.evaluate.study import load_study
+    from worker import runs
+    from worker.tasks import discover
+
+    settings = _settings(args)
+    study = load_study(args.study)
+    store = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    try:
+        store.ping()
+    except redis.RedisError as exc:
+        fatal(f"Redis at {mask_url_password(settings.redis_url)}: {exc}", EXIT_UNAVAILABLE)
+    run_id = str(uuid.uuid4())
+    queued = time.monotonic()
+    runs.save_run(store, run_id, study=study.id, state="queued")
+    discover.apply_async(
+        task_id=run_id,
+        kwargs={
+            "study_id": study.id,
+            "base_url": settings.fhir.base_url,
+            "as_of": args.as_of.isoformat() if args.as_of else None,
+            "mode": args.mode,
+            "tag": args.tag or "",
+        },
+    )
+    print(f"run {run_id} of {study.id} queued", file=sys.stderr)
+    if not args.wait:
+        print(json.dumps({"run": run_id}))
+        return EXIT_OK
+    terminal = sys.stderr.isatty()
+    while True:
+        run = runs.load_run(store, run_id) or {}
+        if terminal:
+            print(_bar(run), end="", file=sys.stderr, flush=True)
+        if run.get("state") in FINAL_STATES:
+            break
+        waited = time.monotonic() - queued
+        if run.get("state") == "queued" and waited > WORKER_TIMEOUT_S:
+            fatal(f"no worker took run {run_id} within {WORKER_TIMEOUT_S:.0f}s", EXIT_UNAVAILABLE)
+        if waited > args.timeout:
+            fatal(f"run {run_id} did not finish within {args.timeout:.0f}s", EXIT_FAILURE)
+        time.sleep(RUN_POLL_S)
+    if terminal:
+        print(file=sys.stderr)
+    print(json.dumps({"run": run_id, **run}, indent=2))
+    clean = run["state"] == "done" and not run["batches"]["failures"]
+    return EXIT_OK if clean or run["state"] == "skipped" else EXIT_FAILURE
+
+
+def cmd_candidates(args: argparse.Namespace) -> int:
+    """List a study's current candidates with their per-criterion results, from the server."""
+    from fhir_match.candidates import candidate_json, candidate_text, current_candidates
+    from fhir_match.evaluate.study import load_study
+    from fhir_match.fhir import FhirClient
+
+    study = load_study(args.study)
+    with FhirClient(_settings(args).fhir) as client:
+        candidates = current_candidates(client, study)
+    for candidate in candidates:
+        if args.format == "ndjson":
+            print(json.dumps(candidate_json(candidate, study), ensure_ascii=False))
+        else:
+            print(candidate_text(candidate) + "\n")
+    print(f"{len(candidates)} candidates for {study.id}", file=sys.stderr)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fhir-match",
@@ -166,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="a FHIR JSON or NDJSON file, or a folder of them (repeatable)",
     )
-    screen.add_argument("--study", default="kn5501", help="study id (default: kn5501)")
+    screen.add_argument("--study", default=_only_study(), help="study id")
     screen.add_argument(
         "--as-of", type=_date, default=date.today(), help="screening date (default: today)"
     )
@@ -184,6 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=date(2026, 6, 1),
         help="screening date the expected answers hold for (default: 2026-06-01)",
     )
+    synth.add_argument(
+        "--itp-share",
+        type=float,
+        default=0.04,
+        help="share of patients with an ITP history (default: 0.04, a haematology-heavy "
+        "hospital; raise it for a demo with more candidates)",
+    )
     synth.set_defaults(run=cmd_synth)
 
     seed = commands.add_parser("seed", help=cmd_seed.__doc__)
@@ -193,6 +294,32 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--remove", action="store_true", help="delete what --tag marks")
     seed.add_argument("--workers", type=int, default=4, help="transactions in flight")
     seed.set_defaults(run=cmd_seed)
+
+    discover = commands.add_parser("discover", help=cmd_discover.__doc__)
+    discover.add_argument("--study", default=_only_study(), help="study id")
+    discover.add_argument("--fhir-url", help="FHIR base URL (default: $FHIR_BASE_URL)")
+    discover.add_argument("--as-of", type=_date, help="screening date (default: today)")
+    discover.add_argument(
+        "--mode",
+        choices=("auto", "full", "incremental"),
+        default="full",
+        help="full: every patient of the cohort (default); incremental: only those whose "
+        "record changed since the last run; auto: as the schedule does",
+    )
+    discover.add_argument(
+        "--tag", help="only patients found through resources with this run tag (test data)"
+    )
+    discover.add_argument("--wait", action="store_true", help="show progress until it ends")
+    discover.add_argument(
+        "--timeout", type=float, default=6 * 3600.0, help="with --wait: give up after (s)"
+    )
+    discover.set_defaults(run=cmd_discover)
+
+    candidates = commands.add_parser("candidates", help=cmd_candidates.__doc__)
+    candidates.add_argument("--study", default=_only_study(), help="study id")
+    candidates.add_argument("--fhir-url", help="FHIR base URL (default: $FHIR_BASE_URL)")
+    candidates.add_argument("--format", choices=("text", "ndjson"), default="text")
+    candidates.set_defaults(run=cmd_candidates)
     return parser
 
 

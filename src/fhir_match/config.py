@@ -29,6 +29,9 @@ DEFAULT_FHIR_BASE_URL = "http://127.0.0.1:8080/fhir"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MAX_RETRIES = 5
+DEFAULT_SCHEDULE = "0 2 * * *"
+"""Discovery runs nightly at 02:00 UTC unless FHIR_MATCH_SCHEDULE says otherwise."""
+DEFAULT_FULL_EVERY_DAYS = 7.0
 DEFAULT_MAX_WAIT_S = 120.0
 """Longest total time one request may spend waiting between retries."""
 
@@ -73,6 +76,20 @@ class Settings:
 
     fhir: FhirSettings = field(default_factory=FhirSettings)
     redis_url: str = DEFAULT_REDIS_URL
+    studies: tuple[str, ...] = ()
+    """Studies the schedule runs; empty: every study configured in studies/."""
+    schedule: str = DEFAULT_SCHEDULE
+    """When scheduled discovery runs: a cron expression (minute hour day month weekday), UTC."""
+    full_every_days: float = DEFAULT_FULL_EVERY_DAYS
+    """A scheduled run is full when the last full one is older than this, else incremental."""
+
+    def __post_init__(self) -> None:
+        if len(self.schedule.split()) != 5:
+            raise ConfigError(
+                f"FHIR_MATCH_SCHEDULE must be a cron expression of 5 fields, got {self.schedule!r}"
+            )
+        if self.full_every_days <= 0:
+            raise ConfigError("FHIR_MATCH_FULL_EVERY_DAYS must be a positive number of days")
 
     def as_json(self) -> dict[str, object]:
         """A JSON-ready copy with every secret masked, fit to log or store with a run."""
@@ -128,4 +145,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_retries=int(_number(env, "FHIR_MAX_RETRIES", DEFAULT_MAX_RETRIES)),
         max_wait_s=_number(env, "FHIR_MAX_WAIT", DEFAULT_MAX_WAIT_S),
     )
-    return Settings(fhir=fhir, redis_url=env.get("REDIS_URL") or DEFAULT_REDIS_URL)
+    studies = tuple(s.strip() for s in env.get("FHIR_MATCH_STUDIES", "").split(",") if s.strip())
+    return Settings(
+        fhir=fhir,
+        redis_url=env.get("REDIS_URL") or DEFAULT_REDIS_URL,
+        studies=studies,
+        schedule=env.get("FHIR_MATCH_SCHEDULE") or DEFAULT_SCHEDULE,
+        full_every_days=_number(env, "FHIR_MATCH_FULL_EVERY_DAYS", DEFAULT_FULL_EVERY_DAYS),
+    )

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from fhir_match.config import PROJECT_DIR
-from fhir_match.evaluate.engine import CqlEvaluator, value_sets_used
+from fhir_match.evaluate.engine import CqlEvaluator, NodeCqlEngine, value_sets_used
 from fhir_match.evaluate.evaluator import evaluate_batch
 from fhir_match.evaluate.study import Study
 from fhir_match.files import fhir_files, read_resources
@@ -35,6 +35,7 @@ __all__ = [
     "evaluation_json",
     "load_normaliser",
     "screen",
+    "study_engine",
 ]
 
 MAPPINGS_DIR = PROJECT_DIR / "mappings"
@@ -116,6 +117,16 @@ def load_normaliser(study: Study, mappings_dir: Path = MAPPINGS_DIR) -> Normalis
     units = load_unit_map(mappings_dir / "units" / "platelet-count.json")
     study_value_sets = value_sets_used(study.library, study.library_version)
     return Normaliser(terminology, PLATELET_VALUE_SET, units, study_value_sets)
+
+
+def study_engine(study: Study, normaliser: Normaliser, as_of: date) -> NodeCqlEngine:
+    """The CQL engine for a study as of a date, its value sets and parameters loaded."""
+    return NodeCqlEngine(
+        study.library,
+        version=study.library_version,
+        value_sets=normaliser.terminology.expansions,
+        parameters={"As Of": as_of, **study.parameters},
+    )
 
 
 def evaluation_json(evaluation: PatientEvaluation) -> dict[str, object]:

@@ -21,6 +21,7 @@ from fhir_match.fhir import FhirClient, Search
 from fhir_match.files import fhir_files, read_resources
 from fhir_match.grouping import group_by_patient, patient_of
 from fhir_match.records import DataIssue, Json, PatientRecord
+from fhir_match.tagging import TAG_SYSTEM, tag_token, tagged
 
 __all__ = [
     "DELETES_PER_BATCH",
@@ -34,7 +35,6 @@ __all__ = [
     "tagged_transaction",
 ]
 
-TAG_SYSTEM = "https://fhir-match.org/fhir/CodeSystem/run-tag"
 PATIENTS_PER_TRANSACTION = 10
 SHARED_PER_TRANSACTION = 100
 _SHARED_LAST = (
@@ -61,13 +61,6 @@ class SeedSummary:
     failed: list[DataIssue] = field(default_factory=list)
 
 
-def _tagged(resource: Json, tag: str) -> Json:
-    meta = dict(resource.get("meta") or {})
-    tags = [t for t in meta.get("tag") or [] if t.get("system") != TAG_SYSTEM]
-    meta["tag"] = [*tags, {"system": TAG_SYSTEM, "code": tag}]
-    return {**resource, "meta": meta}
-
-
 def tagged_transaction(resources: Iterable[Json], tag: str) -> Json:
     """A transaction that PUTs each resource by its id, with the run tag added."""
     return {
@@ -76,7 +69,7 @@ def tagged_transaction(resources: Iterable[Json], tag: str) -> Json:
         "entry": [
             {
                 "fullUrl": f"{r['resourceType']}/{r['id']}",
-                "resource": _tagged(r, tag),
+                "resource": tagged(r, tag),
                 "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
             }
             for r in resources
@@ -171,7 +164,7 @@ def remove_tagged(client: FhirClient, tag: str, progress: Progress = lambda done
     someone else made that refers to a tagged one stops the removal with the server's
     conflict, rather than being deleted with it.
     """
-    token = f"{TAG_SYSTEM}|{tag}"
+    token = tag_token(tag)
     statement = client.capabilities()
     types = sorted({str(r.type) for rest in statement.rest or [] for r in rest.resource or []})
     present = [t for t in types if client.total(Search(t).where("_tag", token))]

@@ -132,6 +132,10 @@ class Terminology:
         found.update(code for pattern, code in self._patterns if pattern.search(folded))
         return frozenset(found)
 
+    def names_of(self, code: str) -> tuple[str, ...]:
+        """The names (case-folded, English and Chinese) of one drug-name code, sorted."""
+        return tuple(sorted(name for name, codes in self._names.items() if code in codes))
+
     def hierarchy_additions(self, codings: Iterable[Coding]) -> dict[str, list[Coding]]:
         """For codings seen in data, those that belong to a value set but are not in its exact
         expansion, per value set url: an exact-match engine (CQL) adds them to the expansion."""

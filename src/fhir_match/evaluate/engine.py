@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Protocol, TypeAlias, cast
+from typing import IO, Any, Protocol, TypeAlias, cast
 
 from fhir_match.config import PROJECT_DIR
 from fhir_match.errors import ConfigError, EngineError, TranslationError
@@ -45,6 +45,7 @@ __all__ = [
     "PatientOutcome",
     "PatientValues",
     "SystemCode",
+    "retrieved_types",
     "translate_cql",
     "value_sets_used",
 ]
@@ -524,16 +525,14 @@ def translate_cql(
     )
 
 
-def value_sets_used(
-    library: str, version: str | None = None, elm_dir: Path = DEFAULT_ELM_DIR
-) -> frozenset[str]:
-    """The URLs of every value set a translated library and its includes declare."""
+def _library_closure(library: str, version: str | None, elm_dir: Path) -> list[dict[str, Any]]:
+    """The ELM of a translated library and of every library it includes, each once."""
     libraries = {}
     for path in elm_dir.glob("[!.]*.json"):  # not the translator's .manifest.json
         elm = json.loads(path.read_text(encoding="utf-8"))["library"]
         identifier = elm["identifier"]
         libraries[(identifier["id"], identifier.get("version"))] = elm
-    found: set[str] = set()
+    found: list[dict[str, Any]] = []
     pending = [(library, version)]
     seen: set[tuple[str, str | None]] = set()
     while pending:
@@ -547,8 +546,34 @@ def value_sets_used(
         )
         if match is None:
             raise ConfigError(f"no translated library {key[0]} {key[1] or ''} in {elm_dir}")
-        found.update(d["id"] for d in (match.get("valueSets") or {}).get("def", []))
+        found.append(match)
         pending.extend(
             (d["path"], d.get("version")) for d in (match.get("includes") or {}).get("def", [])
         )
-    return frozenset(found)
+    return found
+
+
+def value_sets_used(
+    library: str, version: str | None = None, elm_dir: Path = DEFAULT_ELM_DIR
+) -> frozenset[str]:
+    """The URLs of every value set a translated library and its includes declare."""
+    return frozenset(
+        d["id"]
+        for elm in _library_closure(library, version, elm_dir)
+        for d in (elm.get("valueSets") or {}).get("def", [])
+    )
+
+
+_FHIR_TYPE = re.compile(r'"dataType":\s*"\{http://hl7.org/fhir\}([A-Za-z]+)"')
+
+
+def retrieved_types(
+    library: str, version: str | None = None, elm_dir: Path = DEFAULT_ELM_DIR
+) -> frozenset[str]:
+    """The FHIR resource types a translated library and its includes retrieve: what a
+    patient's record must hold for the rules, so discovery fetches these and no others."""
+    return frozenset(
+        name
+        for elm in _library_closure(library, version, elm_dir)
+        for name in _FHIR_TYPE.findall(json.dumps(elm.get("statements") or {}))
+    )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
+from pathlib import Path
 from typing import Any, Self
 
 import httpx
@@ -15,7 +17,13 @@ from fhir_match.errors import FatalFhirError
 from fhir_match.fhir.auth import auth_for
 from fhir_match.fhir.models import Resource, parse_resource, to_json
 from fhir_match.fhir.search import Search
-from fhir_match.fhir.transport import RetryPolicy, send
+from fhir_match.fhir.transport import (
+    RetryPolicy,
+    error_for,
+    public_url,
+    send,
+    transport_errors,
+)
 
 __all__ = ["FHIR_JSON", "FhirClient"]
 
@@ -93,7 +101,10 @@ class FhirClient:
         if not isinstance(data, dict):
             request = response.request
             raise FatalFhirError(
-                request.method, str(request.url), response.status_code, "response is not FHIR JSON"
+                request.method,
+                public_url(request.url),
+                response.status_code,
+                "response is not FHIR JSON",
             )
         return data
 
@@ -108,7 +119,7 @@ class FhirClient:
         statement = self._resource(response)
         if not isinstance(statement, CapabilityStatement):
             raise FatalFhirError(
-                "GET", str(response.url), 200, "metadata is no CapabilityStatement"
+                "GET", public_url(response.url), 200, "metadata is no CapabilityStatement"
             )
         return statement
 
@@ -188,6 +199,53 @@ class FhirClient:
         """How many resources match, asking the server to count (``_summary=count``)."""
         page = next(self.pages(search.where("_summary", "count")))
         return int(page.get("total", 0))
+
+    # -- operations whose answer is not a resource (Bulk Data) ------------------------------
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Sequence[tuple[str, str]] | None = None,
+        body: JsonObject | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """Send to ``url`` with the retry policy and return the raw 2xx response.
+
+        For asynchronous operations, whose answer is a status code and headers. ``url``
+        must be under the base URL: it may come from the server, and our credentials go with it.
+        """
+        self._refuse_off_server(method, url)
+        return self._send(method, url, params=params, body=body, headers=headers)
+
+    def download(self, url: str, path: Path, *, accept: str) -> str:
+        """Stream ``url``'s body into ``path`` and return the response's Content-Type.
+
+        Streamed because a Bulk Data file can be far larger than memory; for the same reason
+        it is not retried (the retry policy reads whole bodies). A failed download leaves no
+        partial file. ``url`` must be under the base URL, as for :meth:`request`.
+        """
+        self._refuse_off_server("GET", url)
+        request = self._http.build_request("GET", url, headers={"Accept": accept})
+        with transport_errors(request):
+            response = self._http.send(request, stream=True)
+            with closing(response):
+                if not response.is_success:
+                    response.read()
+                    raise error_for(request, response)
+                try:
+                    with path.open("wb") as out:
+                        for chunk in response.iter_bytes():
+                            out.write(chunk)
+                except BaseException:
+                    path.unlink(missing_ok=True)
+                    raise
+        return str(response.headers.get("Content-Type", ""))
+
+    def _refuse_off_server(self, method: str, url: str) -> None:
+        if not _under(url, self.base_url):
+            raise FatalFhirError(method, url, None, f"URL leaves the base URL {self.base_url}")
 
 
 def _next_link(page: JsonObject) -> str | None:

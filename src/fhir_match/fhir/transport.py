@@ -18,7 +18,15 @@ import httpx
 
 from fhir_match.errors import FatalFhirError, FhirError, TransientFhirError
 
-__all__ = ["RetryPolicy", "outcome_text", "parse_retry_after", "send"]
+__all__ = [
+    "RetryPolicy",
+    "error_for",
+    "outcome_text",
+    "parse_retry_after",
+    "public_url",
+    "send",
+    "transport_errors",
+]
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +77,28 @@ def outcome_text(response: httpx.Response) -> str:
     return "; ".join(parts)[:_OUTCOME_MAX_CHARS]
 
 
-def _error_for(request: httpx.Request, response: httpx.Response) -> FhirError:
+_SHOWN_PARAMS = frozenset(
+    {"_count", "_elements", "_include", "_revinclude", "_summary", "_getpages", "_getpagesoffset"}
+)
+
+
+def public_url(url: httpx.URL) -> str:
+    """The URL as errors and logs show it: search values can name patients (``patient=``,
+    ``_id=``, ``identifier=``), so only the values of paging and shaping parameters are kept."""
+    if not url.query:
+        return str(url)
+    shown = [
+        f"{name}={value}" if name in _SHOWN_PARAMS else f"{name}=..."
+        for name, value in url.params.multi_items()
+    ]
+    return f"{url.copy_with(query=None)}?{'&'.join(shown)}"
+
+
+def error_for(request: httpx.Request, response: httpx.Response) -> FhirError:
     kind = TransientFhirError if response.status_code in RETRYABLE_STATUSES else FatalFhirError
     return kind(
         request.method,
-        str(request.url),
+        public_url(request.url),
         response.status_code,
         response.reason_phrase or httpx.codes.get_reason_phrase(response.status_code),
         outcome_text(response),
@@ -81,14 +106,14 @@ def _error_for(request: httpx.Request, response: httpx.Response) -> FhirError:
 
 
 @contextmanager
-def _translate_transport_errors(request: httpx.Request) -> Iterator[None]:
+def transport_errors(request: httpx.Request) -> Iterator[None]:
     """Only here do httpx exceptions exist; above this line they are FhirErrors."""
     try:
         yield
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
         # The request never reached the server: always safe to send again.
         raise TransientFhirError(
-            request.method, str(request.url), None, f"{type(exc).__name__}: {exc}"
+            request.method, public_url(request.url), None, f"{type(exc).__name__}: {exc}"
         ) from exc
     except httpx.TransportError as exc:
         # The server may have acted on it: only a request that does the same thing twice
@@ -96,7 +121,7 @@ def _translate_transport_errors(request: httpx.Request) -> Iterator[None]:
         kind = TransientFhirError if _idempotent(request) else FatalFhirError
         what = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
         raise kind(
-            request.method, str(request.url), None, f"{what} ({type(exc).__name__})"
+            request.method, public_url(request.url), None, f"{what} ({type(exc).__name__})"
         ) from exc
 
 
@@ -133,12 +158,12 @@ def send(
     while True:
         response: httpx.Response | None = None
         try:
-            with _translate_transport_errors(request):
+            with transport_errors(request):
                 response = client.send(request)
                 response.read()
             if response.is_success:
                 return response
-            error: FhirError = _error_for(request, response)
+            error: FhirError = error_for(request, response)
         except TransientFhirError as exc:
             error = exc
         if not isinstance(error, TransientFhirError) or attempt >= policy.max_retries:

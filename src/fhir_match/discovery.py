@@ -1,0 +1,296 @@
+"""A discovery run's steps against a FHIR server: find -> fetch -> evaluate -> write back.
+
+Each step takes ids and returns counts, so a Celery task (worker/tasks.py) can run it with
+nothing but ids in its arguments; the benchmark runs the same steps in one process.
+Every step is idempotent: run twice, it writes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+
+from fhir_match.cohort import cohort_searches, find_cohort
+from fhir_match.evaluate.engine import CqlEvaluator, retrieved_types, translate_cql
+from fhir_match.evaluate.evaluator import evaluate_batch
+from fhir_match.evaluate.study import Study, load_study
+from fhir_match.fetch import (
+    RecordSearch,
+    changed_patients,
+    fetch_records,
+    record_searches,
+)
+from fhir_match.fhir import FhirClient, Search
+from fhir_match.fhir.models import parse_resource
+from fhir_match.normalise import Normaliser
+from fhir_match.records import DataIssue, Json, PatientEvaluation
+from fhir_match.screen import load_normaliser
+from fhir_match.tagging import tagged
+from fhir_match.writeback import (
+    LISTED,
+    RUN_SYSTEM,
+    SUBJECT_SYSTEM,
+    Change,
+    RunInfo,
+    WriteSummary,
+    apply_changes,
+    is_ours,
+    match_of,
+    plan_change,
+    snapshot_group,
+    study_resource,
+    study_search,
+    subject_identifier,
+)
+
+__all__ = [
+    "BatchReport",
+    "FinishReport",
+    "StudySetup",
+    "ensure_study",
+    "find_patients",
+    "finish_run",
+    "read_subjects",
+    "screen_batch",
+    "study_setup",
+]
+
+SUBJECT_PAGE_SIZE = 500
+
+
+@dataclass(frozen=True)
+class StudySetup:
+    """What a process reads from disk once per study: the rules, terminology and searches."""
+
+    study: Study
+    normaliser: Normaliser
+    cohort: tuple[Search, ...]
+    records: tuple[RecordSearch, ...]
+
+
+@functools.cache
+def study_setup(study_id: str) -> StudySetup:
+    study = load_study(study_id)
+    translate_cql()
+    normaliser = load_normaliser(study)
+    return StudySetup(
+        study=study,
+        normaliser=normaliser,
+        cohort=cohort_searches(study, normaliser.terminology),
+        records=record_searches(retrieved_types(study.library, study.library_version)),
+    )
+
+
+def ensure_study(client: FhirClient, study: Study, tag: str = "") -> str:
+    """The study's ResearchStudy reference, created the first time (conditional create)."""
+    identifier = study_search(study).params[0][1]
+    created = client.create(
+        parse_resource(tagged(study_resource(study), tag)),
+        if_none_exist=f"identifier={identifier}",
+    )
+    return f"ResearchStudy/{created.id}"
+
+
+def find_patients(client: FhirClient, setup: StudySetup, tag: str = "") -> list[str]:
+    """The study's cohort: ``Patient/<id>`` of everyone who could be listed (with a run
+    tag, only among resources carrying it)."""
+    return find_cohort(client, setup.cohort, tag)
+
+
+@dataclass
+class BatchReport:
+    """What one batch did; counts only, fit to store with the run."""
+
+    patients: int = 0
+    unchanged: int = 0
+    """Patients an incremental run skipped: nothing in their record changed."""
+    evaluated: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    written: WriteSummary = field(default_factory=WriteSummary)
+    failures: list[DataIssue] = field(default_factory=list)
+    unused: int = 0
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "patients": self.patients,
+            "unchanged": self.unchanged,
+            "evaluated": self.evaluated,
+            "outcomes": dict(self.outcomes),
+            "created": self.written.created,
+            "updated": self.written.updated,
+            "failures": [str(f) for f in self.failures + self.written.failed],
+            "unused": self.unused,
+        }
+
+
+def _our_subjects(resources: Sequence[Json], study: Study) -> dict[str, Json]:
+    return {
+        str(r["individual"]["reference"]): r
+        for r in resources
+        if r["resourceType"] == "ResearchSubject"
+        and is_ours(r, study)
+        and isinstance(r.get("individual"), dict)
+    }
+
+
+def _subjects_of(client: FhirClient, study: Study, patients: Sequence[str]) -> dict[str, Json]:
+    identifiers = [f"{SUBJECT_SYSTEM}|{subject_identifier(study, p)}" for p in patients]
+    found = client.pages(Search("ResearchSubject").where("identifier", *identifiers))
+    return _our_subjects([e["resource"] for page in found for e in page.get("entry") or []], study)
+
+
+def screen_batch(
+    client: FhirClient,
+    setup: StudySetup,
+    engine: CqlEvaluator,
+    patients: Sequence[str],
+    study_ref: str,
+    run: RunInfo,
+    since: str | None = None,
+) -> BatchReport:
+    """Fetch, evaluate and write back one batch of patients.
+
+    With ``since`` (an instant), only patients with a resource of their record changed since
+    then are fetched and evaluated. A subject a coordinator changes while this runs is
+    re-read and planned again once; if it changes again, the next run takes it.
+    """
+    report = BatchReport(patients=len(patients))
+    if since is not None:
+        changed = changed_patients(client, setup.records, patients, since)
+        report.unchanged = len(patients) - len(changed)
+        patients = [p for p in patients if p in changed]
+    if not patients:
+        return report
+    study = setup.study
+    records = fetch_records(client, setup.records, patients, report.failures.append)
+    result = evaluate_batch(records, study, date.fromisoformat(run.as_of), setup.normaliser, engine)
+    report.evaluated = len(result.evaluations)
+    report.outcomes.update(e.outcome for e in result.evaluations)
+    report.failures.extend(result.failures)
+    report.unused = len(result.issues)
+    existing = _our_subjects([r for record in records for r in record.resources], study)
+    evaluations = {e.patient: e for e in result.evaluations}
+    report.written = _write(client, setup, study_ref, run, evaluations, existing)
+    return report
+
+
+def _write(
+    client: FhirClient,
+    setup: StudySetup,
+    study_ref: str,
+    run: RunInfo,
+    evaluations: Mapping[str, PatientEvaluation | None],
+    existing: dict[str, Json],
+) -> WriteSummary:
+    def plan(subjects: dict[str, Json]) -> list[Change]:
+        return [
+            change
+            for patient, evaluation in evaluations.items()
+            if (
+                change := plan_change(
+                    setup.study, study_ref, patient, evaluation, subjects.get(patient), run
+                )
+            )
+        ]
+
+    written = apply_changes(client, plan(existing), run.tag)
+    if written.conflicts:
+        again = {p: evaluations[p] for p in written.conflicts}
+        retry = apply_changes(
+            client,
+            [
+                change
+                for patient, evaluation in again.items()
+                if (
+                    change := plan_change(
+                        setup.study,
+                        study_ref,
+                        patient,
+                        evaluation,
+                        _subjects_of(client, setup.study, [patient]).get(patient),
+                        run,
+                    )
+                )
+            ],
+            run.tag,
+        )
+        written.conflicts = []
+        written.created += retry.created
+        written.updated += retry.updated
+        written.failed += retry.failed
+        written.failed += [
+            DataIssue(p, "changed by someone else while being written; the next run retries")
+            for p in retry.conflicts
+        ]
+    return written
+
+
+def read_subjects(client: FhirClient, study: Study, study_ref: str) -> Iterator[Json]:
+    """Every subject fhir-match wrote for the study, page by page."""
+    search = Search("ResearchSubject").where("study", study_ref).count(SUBJECT_PAGE_SIZE)
+    for page in client.pages(search):
+        for entry in page.get("entry") or []:
+            resource = entry.get("resource") or {}
+            if resource.get("resourceType") == "ResearchSubject" and is_ours(resource, study):
+                yield resource
+
+
+@dataclass
+class FinishReport:
+    listed: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    left_cohort: WriteSummary = field(default_factory=WriteSummary)
+    group: str = ""
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "listed": self.listed,
+            "outcomes": dict(self.outcomes),
+            "left_cohort": self.left_cohort.updated,
+            "failures": [str(f) for f in self.left_cohort.failed],
+            "group": self.group,
+        }
+
+
+def finish_run(
+    client: FhirClient,
+    setup: StudySetup,
+    study_ref: str,
+    run: RunInfo,
+    cohort: set[str] | None,
+) -> FinishReport:
+    """After every batch: unlist whom a full run no longer finds, and record the snapshot.
+
+    ``cohort`` is the full run's cohort; None for an incremental run, whose batches have
+    already re-evaluated everyone whose record changed.
+    """
+    report = FinishReport()
+    subjects = {
+        str(s["individual"]["reference"]): s for s in read_subjects(client, setup.study, study_ref)
+    }
+    if cohort is not None:
+        gone: dict[str, PatientEvaluation | None] = {
+            patient: None
+            for patient, subject in subjects.items()
+            if patient not in cohort and match_of(subject).get("outcome") in LISTED
+        }
+        report.left_cohort = _write(client, setup, study_ref, run, gone, subjects)
+        if gone:
+            subjects = {
+                str(s["individual"]["reference"]): s
+                for s in read_subjects(client, setup.study, study_ref)
+            }
+    members = sorted(
+        (patient, str(match_of(subject).get("outcome")))
+        for patient, subject in subjects.items()
+        if match_of(subject).get("outcome") in LISTED
+    )
+    report.listed = len(members)
+    report.outcomes.update(outcome for _, outcome in members)
+    group = parse_resource(snapshot_group(setup.study, study_ref, run, members))
+    created = client.create(group, if_none_exist=f"identifier={RUN_SYSTEM}|{run.run_id}")
+    report.group = f"Group/{created.id}"
+    return report

@@ -1,0 +1,174 @@
+"""1 FETCH: the records of a batch of patients from a FHIR server, many patients per request.
+
+A record holds only the resource types the study's rules retrieve (named in its translated
+CQL). Each search names as many patients as fit in a URL (``patient=a,b,c``) and follows its
+pages: the cost is a few requests per resource type per batch, never one per patient.
+Medications and studies that uses and subjects refer to come along through ``_include``.
+
+Observations are not filtered by code on the server, although the rules read only those in
+the study's value sets: on HAPI FHIR JPA a ``code=`` filter next to a list of patients made
+the search 10x slower (20 patients: 0.7 s without, 7.7 s with one code, over 30 s with the
+study's 117 codes). Normalising drops the Observations no rule reads before the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from fhir_match.fhir import FhirClient, Search
+from fhir_match.files import localise_references
+from fhir_match.grouping import group_by_patient
+from fhir_match.records import DataIssue, Json, PatientRecord
+
+__all__ = [
+    "PAGE_SIZE",
+    "RecordSearch",
+    "changed_patients",
+    "fetch_records",
+    "patient_chunks",
+    "record_searches",
+]
+
+PAGE_SIZE = 500
+PATIENTS_PER_URL_CHARS = 3000
+"""Room for patient references in one search URL, well under the 8 KB request line most
+servers (Tomcat, nginx) accept."""
+
+
+@dataclass(frozen=True)
+class RecordSearch:
+    """How one resource type of a patient's record is searched."""
+
+    resource_type: str
+    patient_param: str
+    """``patient=Patient/1,Patient/2``, or ``_id=1,2`` for the Patient itself."""
+    patient_element: str
+    """The element naming the patient, asked for alone when only changes are wanted."""
+    includes: tuple[str, ...] = ()
+
+    def _for(self, patients: Sequence[str]) -> Search:
+        ids = [p.removeprefix("Patient/") for p in patients]
+        values = ids if self.patient_param == "_id" else patients
+        return Search(self.resource_type).where(self.patient_param, *values)
+
+    def search(self, patients: Sequence[str]) -> Search:
+        return self._for(patients).include(*self.includes).count(PAGE_SIZE)
+
+    def changes(self, patients: Sequence[str], since: str) -> Search:
+        search = self._for(patients).where("_lastUpdated", f"ge{since}")
+        return search.where("_elements", self.patient_element).count(PAGE_SIZE)
+
+
+_PATIENT_SEARCH = {
+    "Patient": ("_id", "id"),
+    "ResearchSubject": ("individual", "individual"),
+    "AllergyIntolerance": ("patient", "patient"),
+}
+_INCLUDES = {
+    "MedicationRequest": ("MedicationRequest:medication",),
+    "MedicationStatement": ("MedicationStatement:medication",),
+    "MedicationAdministration": ("MedicationAdministration:medication",),
+    "ResearchSubject": ("ResearchSubject:study",),
+}
+_PATIENT_TYPES = (
+    "Patient",
+    "Condition",
+    "Observation",
+    "MedicationRequest",
+    "MedicationStatement",
+    "MedicationAdministration",
+    "Procedure",
+    "AllergyIntolerance",
+    "DiagnosticReport",
+    "ResearchSubject",
+)
+"""Patient-compartment types a rule may retrieve; others (Medication, ResearchStudy) are
+reached from these by _include."""
+
+
+def record_searches(retrieved: Iterable[str]) -> tuple[RecordSearch, ...]:
+    """The searches that make up a record holding every type in ``retrieved``."""
+    wanted = set(retrieved) | {"Patient"}
+    searches = []
+    for kind in _PATIENT_TYPES:
+        if kind not in wanted:
+            continue
+        param, element = _PATIENT_SEARCH.get(kind, ("patient", "subject"))
+        searches.append(RecordSearch(kind, param, element, _INCLUDES.get(kind, ())))
+    return tuple(searches)
+
+
+def patient_chunks(
+    patients: Sequence[str], budget: int = PATIENTS_PER_URL_CHARS
+) -> Iterator[list[str]]:
+    """The patients in groups whose references fit ``budget`` characters of one URL."""
+    chunk: list[str] = []
+    used = 0
+    for patient in patients:
+        cost = len(patient) + 3  # the comma, URL-encoded
+        if chunk and used + cost > budget:
+            yield chunk
+            chunk, used = [], 0
+        chunk.append(patient)
+        used += cost
+    if chunk:
+        yield chunk
+
+
+def _resources(client: FhirClient, search: Search) -> Iterator[Json]:
+    for page in client.pages(search):
+        for entry in page.get("entry") or []:
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if isinstance(resource, dict) and "resourceType" in resource:
+                yield localise_references(resource, {})
+
+
+def fetch_records(
+    client: FhirClient,
+    searches: Sequence[RecordSearch],
+    patients: Sequence[str],
+    on_issue: Callable[[DataIssue], None],
+) -> list[PatientRecord]:
+    """The records of ``patients`` (``Patient/<id>``), in patient order.
+
+    A patient the server no longer has (deleted, or merged away) gets no record and is
+    reported, so a stale reference never turns into a patient with no data.
+    """
+    wanted = set(patients)
+    resources: dict[str, Json] = {}
+    for chunk in patient_chunks(patients):
+        for record_search in searches:
+            for resource in _resources(client, record_search.search(chunk)):
+                key = f"{resource['resourceType']}/{resource.get('id')}"
+                resources.setdefault(key, resource)
+    records = [
+        record
+        for record in group_by_patient(resources.values())
+        if record.patient in wanted
+        and any(r["resourceType"] == "Patient" for r in record.resources)
+    ]
+    found = {record.patient for record in records}
+    for patient in patients:
+        if patient not in found:
+            on_issue(DataIssue(patient, "not found on the FHIR server"))
+    return records
+
+
+def changed_patients(
+    client: FhirClient, searches: Sequence[RecordSearch], patients: Sequence[str], since: str
+) -> set[str]:
+    """Which of ``patients`` have a resource of their record changed since ``since``."""
+    changed: set[str] = set()
+    wanted = set(patients)
+    for chunk in patient_chunks(patients):
+        for record_search in searches:
+            for resource in _resources(client, record_search.changes(chunk, since)):
+                if resource["resourceType"] == "Patient":
+                    changed.add(f"Patient/{resource.get('id')}")
+                    continue
+                value = resource.get(record_search.patient_element)
+                reference = value.get("reference") if isinstance(value, dict) else None
+                if reference in wanted:
+                    changed.add(reference)
+    return changed

@@ -1,0 +1,401 @@
+"""4 WRITE BACK: the candidate list in the EHR's FHIR server, as a reviewer will read it.
+
+- the study: one ResearchStudy, found by its registry identifier, created once;
+- each listed patient: one ResearchSubject (status ``candidate`` or ``potential-candidate``)
+  whose business identifier is made of the study and the patient, so creating it is a
+  conditional create and a second run finds the first one's subject;
+- what decided each criterion: on the subject, one ``criterion-result`` extension per
+  criterion (result, readable summary, evidence references), and a Provenance per change
+  whose entities are the deciding resources, each labelled with the criteria it decided;
+- each run: a Group (actual) holding the list as it stood after the run.
+
+Statuses belong to the coordinator once they change them. The subject records the status
+fhir-match last set (``candidate-match.status``); when the subject's status differs, a
+person set it, and fhir-match never touches it again (it still refreshes the evidence).
+A patient who no longer matches keeps their subject, marked ``ineligible`` with the
+reasons, rather than being deleted. Planning is pure; :func:`apply_changes` does the I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fhir_match import __version__
+from fhir_match.errors import FatalFhirError
+from fhir_match.evaluate.study import Study
+from fhir_match.fhir import FhirClient, Search
+from fhir_match.records import CriterionResult, DataIssue, Json, PatientEvaluation
+from fhir_match.tagging import tagged
+
+__all__ = [
+    "EXT_CRITERION",
+    "EXT_MATCH",
+    "LISTED",
+    "NO_LONGER_MATCHING",
+    "RUN_SYSTEM",
+    "SUBJECT_SYSTEM",
+    "Change",
+    "RunInfo",
+    "WriteSummary",
+    "apply_changes",
+    "criteria_of",
+    "is_ours",
+    "match_of",
+    "plan_change",
+    "snapshot_group",
+    "study_resource",
+    "study_search",
+    "subject_identifier",
+]
+
+STRUCTURE = "https://fhir-match.org/fhir/StructureDefinition/"
+EXT_MATCH = STRUCTURE + "candidate-match"
+"""On ResearchSubject: outcome, asOf, run, status (the status fhir-match last set), digest."""
+EXT_CRITERION = STRUCTURE + "criterion-result"
+"""On ResearchSubject, one per criterion: criterion, kind, result, summary, evidence*."""
+EXT_EVIDENCE_FOR = STRUCTURE + "evidence-for"
+"""On Provenance.entity: a criterion the entity decided (repeats)."""
+EXT_STUDY = STRUCTURE + "candidate-list-study"
+"""On the run's Group: the ResearchStudy the list is for."""
+EXT_OUTCOME = STRUCTURE + "candidate-outcome"
+"""On Group.member: the member's outcome in that run."""
+SUBJECT_SYSTEM = "https://fhir-match.org/fhir/NamingSystem/research-subject"
+RUN_SYSTEM = "https://fhir-match.org/fhir/NamingSystem/discovery-run"
+LISTED = ("candidate", "potential-candidate")
+NO_LONGER_MATCHING = "ineligible"
+CHANGES_PER_TRANSACTION = 50
+_PARTICIPANT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
+
+
+# -- the study ----------------------------------------------------------------------------
+
+
+def study_search(study: Study) -> Search:
+    return Search("ResearchStudy").where(
+        "identifier", f"{study.identifier_system}|{study.identifier}"
+    )
+
+
+def study_resource(study: Study) -> Json:
+    return {
+        "resourceType": "ResearchStudy",
+        "identifier": [{"system": study.identifier_system, "value": study.identifier}],
+        "title": study.title,
+        "status": study.status,
+        "condition": [{"coding": [study.condition], "text": study.condition.get("display")}],
+        "sponsor": {"display": study.sponsor},
+        "site": [{"display": study.site}],
+        "description": study.short_title,
+    }
+
+
+# -- a subject ----------------------------------------------------------------------------
+
+
+def subject_identifier(study: Study, patient: str) -> str:
+    """The subject's identifier value: the study id and the patient's id."""
+    return f"{study.id}-{patient.removeprefix('Patient/')}"
+
+
+def is_ours(subject: Json, study: Study) -> bool:
+    """A subject fhir-match wrote for this study (coordinators' own subjects are left alone)."""
+    return any(
+        i.get("system") == SUBJECT_SYSTEM and str(i.get("value", "")).startswith(f"{study.id}-")
+        for i in subject.get("identifier") or []
+    )
+
+
+def _extension(resource: Json, url: str) -> list[Json]:
+    return [e for e in resource.get("extension") or [] if e.get("url") == url]
+
+
+def _parts(extension: Json) -> dict[str, Any]:
+    """A complex extension's parts by name: the single value of each, a list for evidence."""
+    found: dict[str, Any] = {"evidence": []}
+    for part in extension.get("extension") or []:
+        value = next((v for k, v in part.items() if k.startswith("value")), None)
+        if part.get("url") == "evidence":
+            found["evidence"].append((value or {}).get("reference"))
+        else:
+            found[part.get("url")] = value
+    return found
+
+
+def match_of(subject: Json) -> dict[str, Any]:
+    """What fhir-match last recorded on a subject: outcome, asOf, run, status, digest."""
+    matches = _extension(subject, EXT_MATCH)
+    return _parts(matches[0]) if matches else {}
+
+
+def criteria_of(subject: Json) -> list[CriterionResult]:
+    """The per-criterion results recorded on a subject, in the order written."""
+    results = []
+    for extension in _extension(subject, EXT_CRITERION):
+        parts = _parts(extension)
+        results.append(
+            CriterionResult(
+                id=parts.get("criterion") or "",
+                kind=parts.get("kind") or "inclusion",
+                result=parts.get("result") or "unknown",
+                summary=parts.get("summary") or "",
+                evidence=tuple(e for e in parts["evidence"] if e),
+            )
+        )
+    return results
+
+
+def _digest(outcome: str, criteria: Sequence[CriterionResult]) -> str:
+    """Changes when the outcome or any criterion's result, summary or evidence does."""
+    data = [outcome, [[c.id, c.result, c.summary, list(c.evidence)] for c in criteria]]
+    return hashlib.sha256(json.dumps(data, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def _criterion_extension(result: CriterionResult) -> Json:
+    parts: list[Json] = [
+        {"url": "criterion", "valueCode": result.id},
+        {"url": "kind", "valueCode": result.kind},
+        {"url": "result", "valueCode": result.result},
+    ]
+    if result.summary:
+        parts.append({"url": "summary", "valueString": result.summary})
+    parts += [{"url": "evidence", "valueReference": {"reference": r}} for r in result.evidence]
+    return {"url": EXT_CRITERION, "extension": parts}
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Which run is writing, recorded on what it writes."""
+
+    run_id: str
+    as_of: str
+    recorded: str
+    """When the run started (an instant): Provenance.recorded."""
+    tag: str = ""
+    """The run tag everything written carries (test data on a shared server), or none."""
+
+
+@dataclass(frozen=True)
+class Change:
+    patient: str
+    action: Literal["create", "update"]
+    subject: Json
+    version: str | None
+    """The version the update is based on (If-Match); None for a create."""
+    provenance: Json | None
+    """Why, when the evidence changed: written with the subject, in one transaction."""
+
+
+def plan_change(
+    study: Study,
+    study_ref: str,
+    patient: str,
+    evaluation: PatientEvaluation | None,
+    existing: Json | None,
+    run: RunInfo,
+) -> Change | None:
+    """What to write for one patient, or None when the server already says it.
+
+    ``evaluation`` is None for a patient who left the cohort (found by no discovery search):
+    like an ineligible one, their subject is marked as no longer matching.
+    """
+    outcome = evaluation.outcome if evaluation else "ineligible"
+    criteria = evaluation.criteria if evaluation else ()
+    listed = outcome in LISTED
+    if existing is None:
+        if not listed:
+            return None
+        existing = {
+            "resourceType": "ResearchSubject",
+            "identifier": [{"system": SUBJECT_SYSTEM, "value": subject_identifier(study, patient)}],
+            "status": outcome,
+            "study": {"reference": study_ref},
+            "individual": {"reference": patient},
+        }
+        previous: dict[str, Any] = {"status": outcome}
+        action: Literal["create", "update"] = "create"
+    else:
+        previous = match_of(existing)
+        action = "update"
+    owned = existing.get("status") == previous.get("status")
+    status = (outcome if listed else NO_LONGER_MATCHING) if owned else existing.get("status")
+    if not criteria and not listed:
+        criteria = tuple(criteria_of(existing))  # left the cohort: keep the last evidence
+    digest = _digest(outcome, criteria)
+    if action == "update" and digest == previous.get("digest") and status == existing["status"]:
+        return None
+    parts: list[Json] = [
+        {"url": "outcome", "valueCode": outcome},
+        {"url": "asOf", "valueDate": run.as_of},
+        {"url": "run", "valueString": run.run_id},
+        {"url": "status", "valueCode": status if owned else previous.get("status")},
+        {"url": "digest", "valueString": digest},
+    ]
+    others = [
+        e for e in existing.get("extension") or [] if e.get("url") not in (EXT_MATCH, EXT_CRITERION)
+    ]
+    if evaluation is None:
+        parts.append(
+            {"url": "note", "valueString": "no longer found by the study's discovery searches"}
+        )
+    match = {"url": EXT_MATCH, "extension": parts}
+    subject = {
+        **existing,
+        "status": status,
+        "extension": [*others, match, *(_criterion_extension(c) for c in criteria)],
+    }
+    version = (existing.get("meta") or {}).get("versionId") if action == "update" else None
+    changed_evidence = digest != previous.get("digest")
+    provenance = _provenance(outcome, criteria, run, action) if changed_evidence else None
+    return Change(patient, action, subject, version, provenance)
+
+
+def _provenance(
+    outcome: str, criteria: Sequence[CriterionResult], run: RunInfo, action: str
+) -> Json:
+    """Provenance of a subject: the resources that decided each criterion, labelled."""
+    decided: dict[str, list[CriterionResult]] = {}
+    for result in criteria:
+        for reference in result.evidence:
+            decided.setdefault(reference, []).append(result)
+    entities = [
+        {
+            "extension": [{"url": EXT_EVIDENCE_FOR, "valueCode": r.id} for r in results],
+            "role": "source",
+            "what": {
+                "reference": reference,
+                "display": "; ".join(f"{r.id} {r.result}: {r.summary}" for r in results)[:1000],
+            },
+        }
+        for reference, results in decided.items()
+    ]
+    return {
+        "resourceType": "Provenance",
+        "recorded": run.recorded,
+        "activity": {"coding": [{"system": _OPERATION, "code": action.upper()}]},
+        "reason": [{"text": f"eligibility screening as of {run.as_of}: {outcome}"}],
+        "agent": [
+            {
+                "type": {"coding": [{"system": _PARTICIPANT, "code": "assembler"}]},
+                "who": {"display": f"fhir-match {__version__} (run {run.run_id})"},
+            }
+        ],
+        "entity": entities,
+    }
+
+
+# -- writing ------------------------------------------------------------------------------
+
+
+@dataclass
+class WriteSummary:
+    created: int = 0
+    updated: int = 0
+    conflicts: list[str] = field(default_factory=list)
+    """Patients whose subject someone changed while the run was writing it."""
+    failed: list[DataIssue] = field(default_factory=list)
+    """Patients whose subject the server refused, and its reason."""
+
+    def add(self, other: WriteSummary) -> None:
+        self.created += other.created
+        self.updated += other.updated
+        self.conflicts += other.conflicts
+        self.failed += other.failed
+
+
+def _entries(change: Change, tag: str) -> list[Json]:
+    full_url = f"urn:uuid:{uuid.uuid4()}"
+    if change.action == "create":
+        value = change.subject["identifier"][0]["value"]
+        request = {
+            "method": "POST",
+            "url": "ResearchSubject",
+            "ifNoneExist": f"identifier={SUBJECT_SYSTEM}|{value}",
+        }
+    else:
+        request = {"method": "PUT", "url": f"ResearchSubject/{change.subject['id']}"}
+        if change.version:
+            request["ifMatch"] = f'W/"{change.version}"'
+    subject = {k: v for k, v in change.subject.items() if k != "meta"}
+    entries = [{"fullUrl": full_url, "resource": tagged(subject, tag), "request": request}]
+    if change.provenance is not None:
+        provenance = tagged({**change.provenance, "target": [{"reference": full_url}]}, tag)
+        entries.append(
+            {
+                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                "resource": provenance,
+                "request": {"method": "POST", "url": "Provenance"},
+            }
+        )
+    return entries
+
+
+def _transaction(changes: Iterable[Change], tag: str) -> Json:
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [entry for change in changes for entry in _entries(change, tag)],
+    }
+
+
+def _count(changes: Sequence[Change]) -> WriteSummary:
+    return WriteSummary(
+        created=sum(c.action == "create" for c in changes),
+        updated=sum(c.action == "update" for c in changes),
+    )
+
+
+def apply_changes(client: FhirClient, changes: Sequence[Change], tag: str = "") -> WriteSummary:
+    """Write the changes, one transaction per group of them.
+
+    A group the server refuses is written again one patient at a time, so one bad subject
+    never loses the others: a subject someone changed meanwhile (409/412) is returned as a
+    conflict for the caller to re-read and re-plan; any other refusal is reported.
+    """
+    summary = WriteSummary()
+    for start in range(0, len(changes), CHANGES_PER_TRANSACTION):
+        group = changes[start : start + CHANGES_PER_TRANSACTION]
+        try:
+            client.transaction(_transaction(group, tag))
+        except FatalFhirError as exc:
+            if len(group) > 1:
+                for change in group:
+                    summary.add(apply_changes(client, [change], tag))
+            elif exc.status in (409, 412):
+                summary.conflicts.append(group[0].patient)
+            else:
+                summary.failed.append(DataIssue(group[0].patient, f"not written: {exc}"))
+            continue
+        summary.add(_count(group))
+    return summary
+
+
+# -- the run's snapshot -------------------------------------------------------------------
+
+
+def snapshot_group(
+    study: Study, study_ref: str, run: RunInfo, members: Sequence[tuple[str, str]]
+) -> Json:
+    """The list after a run as a Group: (patient, outcome) per member."""
+    group = {
+        "resourceType": "Group",
+        "identifier": [{"system": RUN_SYSTEM, "value": run.run_id}],
+        "extension": [{"url": EXT_STUDY, "valueReference": {"reference": study_ref}}],
+        "type": "person",
+        "actual": True,
+        "name": f"{study.short_title}: candidate list as of {run.as_of} (run {run.run_id})",
+        "quantity": len(members),
+        "member": [
+            {
+                "extension": [{"url": EXT_OUTCOME, "valueCode": outcome}],
+                "entity": {"reference": patient},
+            }
+            for patient, outcome in members
+        ],
+    }
+    return tagged(group, run.tag)

@@ -1,0 +1,103 @@
+"""Run records and the per-study lock, in Redis: what a run is doing, readable while it runs.
+
+A run record holds settings, counts, timings and error texts, never patient data. Each
+batch stores its own report under its number, so a batch that runs twice counts once.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+import redis
+
+__all__ = [
+    "LOCK_TTL_S",
+    "acquire_lock",
+    "last_run",
+    "load_run",
+    "lock_holder",
+    "record_batch",
+    "release_lock",
+    "remember_last_run",
+    "save_run",
+]
+
+PREFIX = "fhir-match"
+LOCK_TTL_S = 6 * 3600
+"""A run that never finishes (its worker killed) frees its study after this long."""
+RUN_TTL_S = 90 * 24 * 3600
+
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+def _lock(study_id: str) -> str:
+    return f"{PREFIX}:lock:{study_id}"
+
+
+def _run(run_id: str) -> str:
+    return f"{PREFIX}:run:{run_id}"
+
+
+def acquire_lock(client: redis.Redis, study_id: str, run_id: str) -> bool:
+    """Take the study's lock for a run; True also when this run already holds it (a task
+    delivered twice must not lock itself out)."""
+    if client.set(_lock(study_id), run_id, nx=True, ex=LOCK_TTL_S):
+        return True
+    return lock_holder(client, study_id) == run_id
+
+
+def lock_holder(client: redis.Redis, study_id: str) -> str | None:
+    holder = client.get(_lock(study_id))
+    return holder.decode() if isinstance(holder, bytes) else None
+
+
+def release_lock(client: redis.Redis, study_id: str, run_id: str) -> None:
+    """Release the lock if this run holds it (never another run's)."""
+    client.eval(_RELEASE, 1, _lock(study_id), run_id)
+
+
+def save_run(client: redis.Redis, run_id: str, **fields: Any) -> None:
+    """Set fields of the run record (JSON values)."""
+    key = _run(run_id)
+    client.hset(key, mapping={name: json.dumps(value) for name, value in fields.items()})
+    client.expire(key, RUN_TTL_S)
+
+
+def record_batch(client: redis.Redis, run_id: str, batch: int, report: dict[str, Any]) -> None:
+    key = f"{_run(run_id)}:batches"
+    client.hset(key, str(batch), json.dumps(report))
+    client.expire(key, RUN_TTL_S)
+
+
+def load_run(client: redis.Redis, run_id: str) -> dict[str, Any] | None:
+    """The run record with its batches' reports summed, or None if there is no such run."""
+    raw = cast(dict[bytes, bytes], client.hgetall(_run(run_id)))
+    if not raw:
+        return None
+    run = {k.decode(): json.loads(v) for k, v in raw.items()}
+    batches = cast(dict[bytes, bytes], client.hgetall(f"{_run(run_id)}:batches"))
+    reports = [json.loads(v) for v in batches.values()]
+    totals: dict[str, Any] = {"batches_done": len(reports), "outcomes": {}, "failures": []}
+    for report in reports:
+        for name, value in report.items():
+            if isinstance(value, int):
+                totals[name] = totals.get(name, 0) + value
+        for outcome, count in (report.get("outcomes") or {}).items():
+            totals["outcomes"][outcome] = totals["outcomes"].get(outcome, 0) + count
+        totals["failures"] += report.get("failures") or []
+    run["batches"] = totals
+    return run
+
+
+def remember_last_run(client: redis.Redis, scope: str, run: dict[str, Any]) -> None:
+    """Record a run that completed without failures: the next incremental run starts there."""
+    client.set(f"{PREFIX}:last:{scope}", json.dumps(run))
+
+
+def last_run(client: redis.Redis, scope: str) -> dict[str, Any] | None:
+    raw = client.get(f"{PREFIX}:last:{scope}")
+    return json.loads(raw) if isinstance(raw, bytes) else None

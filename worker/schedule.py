@@ -1,0 +1,33 @@
+"""The beat schedule: one discovery run per configured study, when FHIR_MATCH_SCHEDULE says."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.schedules import crontab
+
+from fhir_match.config import Settings
+from fhir_match.evaluate.study import configured_studies
+
+__all__ = ["beat_schedule"]
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Entries for Celery beat: every study (or those FHIR_MATCH_STUDIES names) on the
+    cron schedule, in ``auto`` mode (incremental, with a periodic full run)."""
+    minute, hour, day_of_month, month_of_year, day_of_week = settings.schedule.split()
+    when = crontab(
+        minute=minute,
+        hour=hour,
+        day_of_month=day_of_month,
+        month_of_year=month_of_year,
+        day_of_week=day_of_week,
+    )
+    return {
+        f"discover-{study}": {
+            "task": "worker.tasks.discover",
+            "schedule": when,
+            "kwargs": {"study_id": study, "mode": "auto"},
+        }
+        for study in settings.studies or configured_studies()
+    }
