@@ -11,6 +11,7 @@ task (``acks_late``) changes nothing the second time.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -21,8 +22,10 @@ import redis
 from celery import Task, chord
 from celery.signals import worker_process_shutdown
 
-from fhir_match.config import Settings, load_settings
+from fhir_match.config import PROJECT_DIR, Settings, load_settings
 from fhir_match.discovery import (
+    PATIENTS_PER_BATCH,
+    bulk_screen,
     ensure_study,
     find_patients,
     finish_run,
@@ -42,8 +45,6 @@ __all__ = ["check_fhir_server", "discover", "finish_discovery", "screen_patients
 
 log = logging.getLogger(__name__)
 
-PATIENTS_PER_BATCH = 100
-"""Patients per evaluation task: a few requests per resource type, one engine call."""
 TASK_RETRIES = 5
 SINCE_MARGIN = timedelta(minutes=5)
 """An incremental run looks back this much before the last run's start: writes that were
@@ -125,14 +126,16 @@ def discover(
     as_of: str | None = None,
     mode: str = "auto",
     tag: str = "",
+    fetch: str = "search",
 ) -> dict[str, Any]:
     """Start a discovery run of one study: lock it, find the cohort, fan out the batches.
 
     ``mode`` is full (every patient of the cohort), incremental (only those whose record
     changed since the last run) or auto (incremental, full when the last full run is older
     than FHIR_MATCH_FULL_EVERY_DAYS). With a run ``tag``, only patients found through
-    resources carrying it are screened, and what is written carries it. The run's id is
-    this task's id.
+    resources carrying it are screened, and what is written carries it. ``fetch`` is
+    search (batches fanned out to evaluation tasks) or bulk (one Bulk Data export, screened
+    here, batch by batch; always a full run). The run's id is this task's id.
     """
     run_id = str(self.request.id)
     settings = _settings(base_url)
@@ -152,7 +155,7 @@ def discover(
         started = _now()
         as_of = as_of or date.today().isoformat()
         last = runs.last_run(store, _scope(study_id, tag))
-        full = _full(settings, last, mode)
+        full = fetch == "bulk" or _full(settings, last, mode)
         since = None
         if not full and last is not None:
             since = (datetime.fromisoformat(last["started"]) - SINCE_MARGIN).isoformat()
@@ -160,6 +163,7 @@ def discover(
         with FhirClient(settings.fhir) as client:
             study_ref = ensure_study(client, setup.study, tag)
             cohort = find_patients(client, setup, tag)
+            cohort_requests = client.requests
         batches = [
             cohort[i : i + PATIENTS_PER_BATCH] for i in range(0, len(cohort), PATIENTS_PER_BATCH)
         ]
@@ -176,6 +180,8 @@ def discover(
             started=started,
             study_ref=study_ref,
             cohort=len(cohort),
+            cohort_requests=cohort_requests,
+            fetch=fetch,
             batches_total=len(batches),
             full_started=started if full else (last or {}).get("full_started"),
         )
@@ -190,6 +196,9 @@ def discover(
         )
         runs.release_lock(store, study_id, run_id)
         raise
+    if fetch == "bulk":
+        _bulk(store, run_id, cohort)
+        return _finish(store, run_id)
     queue = (self.request.delivery_info or {}).get("routing_key")
     header = [
         screen_patients.s(run_id, n, batch).set(queue=queue) for n, batch in enumerate(batches)
@@ -240,7 +249,36 @@ def screen_patients(self: Task, run_id: str, batch: int, patients: Sequence[str]
 )
 def finish_discovery(self: Task, results: list[dict[str, Any]], run_id: str) -> dict[str, Any]:
     """Unlist whom a full run no longer finds, write the run's Group, release the lock."""
-    store = _redis(load_settings())
+    return _finish(_redis(load_settings()), run_id)
+
+
+def _bulk(store: redis.Redis, run_id: str, cohort: list[str]) -> None:
+    """Screen the whole cohort from one Bulk Data export, recording each batch."""
+    run = runs.load_run(store, run_id)
+    assert run is not None
+    info = RunInfo(run_id, run["as_of"], run["started"], run["tag"])
+    setup = study_setup(run["study"])
+    engine = _engine(run["study"], run["as_of"])
+    folder = PROJECT_DIR / "var" / "runs" / run_id
+    batches = iter(range(len(cohort) + 1))
+    try:
+        with FhirClient(_settings(run["base_url"]).fhir) as client:
+            total = bulk_screen(
+                client,
+                setup,
+                engine,
+                cohort,
+                run["study_ref"],
+                info,
+                folder,
+                lambda report: runs.record_batch(store, run_id, next(batches), report.as_json()),
+            )
+        runs.save_run(store, run_id, bulk_requests=total.requests)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _finish(store: redis.Redis, run_id: str) -> dict[str, Any]:
     run = runs.load_run(store, run_id)
     if run is None:
         return {"run": run_id, "error": "no such run"}
@@ -255,6 +293,7 @@ def finish_discovery(self: Task, results: list[dict[str, Any]], run_id: str) -> 
     try:
         with FhirClient(settings.fhir) as client:
             report = finish_run(client, study_setup(run["study"]), run["study_ref"], info, cohort)
+            finish_requests = client.requests
     except TransientFhirError:
         raise
     except Exception as exc:
@@ -262,8 +301,15 @@ def finish_discovery(self: Task, results: list[dict[str, Any]], run_id: str) -> 
         runs.release_lock(store, run["study"], run_id)
         raise
     batches = runs.load_run(store, run_id)["batches"]  # type: ignore[index]
-    clean = not batches["failures"] and batches["batches_done"] == run["batches_total"]
-    runs.save_run(store, run_id, state="done", finished=_now(), result=report.as_json())
+    clean = not batches["failures"] and not batches.get("failed_batches")
+    runs.save_run(
+        store,
+        run_id,
+        state="done",
+        finished=_now(),
+        finish_requests=finish_requests,
+        result=report.as_json(),
+    )
     if clean and not report.left_cohort.failed:
         runs.remember_last_run(
             store,

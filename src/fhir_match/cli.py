@@ -193,6 +193,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
             "as_of": args.as_of.isoformat() if args.as_of else None,
             "mode": args.mode,
             "tag": args.tag or "",
+            "fetch": args.fetch,
         },
     )
     print(f"run {run_id} of {study.id} queued", file=sys.stderr)
@@ -308,6 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     discover.add_argument(
         "--tag", help="only patients found through resources with this run tag (test data)"
+    )
+    discover.add_argument(
+        "--fetch",
+        choices=("search", "bulk"),
+        default="search",
+        help="search: batched searches fanned out to the workers (default); bulk: one Bulk "
+        "Data $export of the cohort (large populations; always a full run)",
     )
     discover.add_argument("--wait", action="store_true", help="show progress until it ends")
     discover.add_argument(

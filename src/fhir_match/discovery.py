@@ -9,24 +9,31 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from itertools import islice
+from pathlib import Path
 
 from fhir_match.cohort import cohort_searches, find_cohort
 from fhir_match.evaluate.engine import CqlEvaluator, retrieved_types, translate_cql
 from fhir_match.evaluate.evaluator import evaluate_batch
 from fhir_match.evaluate.study import Study, load_study
 from fhir_match.fetch import (
+    PAGE_SIZE,
     RecordSearch,
     changed_patients,
     fetch_records,
+    patient_chunks,
     record_searches,
 )
 from fhir_match.fhir import FhirClient, Search
+from fhir_match.fhir.bulk import export
 from fhir_match.fhir.models import parse_resource
+from fhir_match.files import map_references, read_resources
+from fhir_match.grouping import group_by_patient
 from fhir_match.normalise import Normaliser
-from fhir_match.records import DataIssue, Json, PatientEvaluation
+from fhir_match.records import DataIssue, Json, PatientEvaluation, PatientRecord
 from fhir_match.screen import load_normaliser
 from fhir_match.tagging import tagged
 from fhir_match.writeback import (
@@ -47,9 +54,11 @@ from fhir_match.writeback import (
 )
 
 __all__ = [
+    "PATIENTS_PER_BATCH",
     "BatchReport",
     "FinishReport",
     "StudySetup",
+    "bulk_screen",
     "ensure_study",
     "find_patients",
     "finish_run",
@@ -59,6 +68,8 @@ __all__ = [
 ]
 
 SUBJECT_PAGE_SIZE = 500
+PATIENTS_PER_BATCH = 100
+"""Patients per evaluation batch: a few requests per resource type, one engine call."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +116,8 @@ class BatchReport:
     """What one batch did; counts only, fit to store with the run."""
 
     patients: int = 0
+    requests: int = 0
+    """HTTP requests the batch sent to the FHIR server, retries included."""
     unchanged: int = 0
     """Patients an incremental run skipped: nothing in their record changed."""
     evaluated: int = 0
@@ -116,6 +129,7 @@ class BatchReport:
     def as_json(self) -> dict[str, object]:
         return {
             "patients": self.patients,
+            "requests": self.requests,
             "unchanged": self.unchanged,
             "evaluated": self.evaluated,
             "outcomes": dict(self.outcomes),
@@ -157,24 +171,126 @@ def screen_batch(
     then are fetched and evaluated. A subject a coordinator changes while this runs is
     re-read and planned again once; if it changes again, the next run takes it.
     """
+    sent = client.requests
     report = BatchReport(patients=len(patients))
     if since is not None:
         changed = changed_patients(client, setup.records, patients, since)
         report.unchanged = len(patients) - len(changed)
         patients = [p for p in patients if p in changed]
-    if not patients:
-        return report
+    if patients:
+        records = fetch_records(client, setup.records, patients, report.failures.append)
+        _evaluate_and_write(client, setup, engine, records, study_ref, run, report)
+    report.requests = client.requests - sent
+    return report
+
+
+def _evaluate_and_write(
+    client: FhirClient,
+    setup: StudySetup,
+    engine: CqlEvaluator,
+    records: Sequence[PatientRecord],
+    study_ref: str,
+    run: RunInfo,
+    report: BatchReport,
+) -> None:
     study = setup.study
-    records = fetch_records(client, setup.records, patients, report.failures.append)
     result = evaluate_batch(records, study, date.fromisoformat(run.as_of), setup.normaliser, engine)
-    report.evaluated = len(result.evaluations)
+    report.evaluated += len(result.evaluations)
     report.outcomes.update(e.outcome for e in result.evaluations)
     report.failures.extend(result.failures)
-    report.unused = len(result.issues)
+    report.unused += len(result.issues)
     existing = _our_subjects([r for record in records for r in record.resources], study)
     evaluations = {e.patient: e for e in result.evaluations}
-    report.written = _write(client, setup, study_ref, run, evaluations, existing)
-    return report
+    report.written.add(_write(client, setup, study_ref, run, evaluations, existing))
+
+
+BULK_MAX_POLL_S = 10.0
+"""Longest wait between status polls of an export. Servers' Retry-After is obeyed below
+this; HAPI FHIR always asks for 120 s, whatever the job's progress."""
+_SHARED = ("Medication", "ResearchStudy")
+"""Resources a record refers to that are in no patient's compartment: not in an export."""
+
+
+def bulk_screen(
+    client: FhirClient,
+    setup: StudySetup,
+    engine: CqlEvaluator,
+    patients: Sequence[str],
+    study_ref: str,
+    run: RunInfo,
+    folder: Path,
+    on_batch: Callable[[BatchReport], None] = lambda report: None,
+) -> BatchReport:
+    """The Bulk Data fetch mode: one ``Patient/$export`` of the cohort's records into
+    ``folder``, then evaluate and write back a batch at a time (memory stays flat).
+
+    It serves full runs: an export ``_since`` a date holds only the changed resources, not
+    whole records. The Medications and ResearchStudies records refer to are read by id.
+    """
+    sent = client.requests
+    total = BatchReport(patients=len(patients))
+    if not patients:
+        return total
+    types = [s.resource_type for s in setup.records]
+    exported = export(
+        client, folder, types=types, patients=patients, max_poll_interval_s=BULK_MAX_POLL_S
+    )
+    total.failures += [DataIssue("bulk export", error) for error in exported.errors]
+    wanted = set(patients)
+    resources = read_resources(exported.files, total.failures.append)
+    records = (r for r in group_by_patient(resources) if r.patient in wanted)
+    while batch := list(islice(records, PATIENTS_PER_BATCH)):
+        report = BatchReport(patients=len(batch))
+        batch_sent = client.requests
+        complete = _with_shared(client, batch)
+        _evaluate_and_write(client, setup, engine, complete, study_ref, run, report)
+        report.requests = client.requests - batch_sent
+        on_batch(report)
+        total.evaluated += report.evaluated
+        total.outcomes += report.outcomes
+        total.failures += report.failures
+        total.unused += report.unused
+        total.written.add(report.written)
+    total.requests = client.requests - sent
+    return total
+
+
+def _references_in(resources: Sequence[Json]) -> set[str]:
+    found: set[str] = set()
+
+    def note(reference: str) -> str:
+        found.add(reference)
+        return reference
+
+    map_references(list(resources), note)
+    return found
+
+
+def _with_shared(client: FhirClient, records: Sequence[PatientRecord]) -> list[PatientRecord]:
+    """The records with the Medications and ResearchStudies they refer to, read by id."""
+    wanted = {
+        reference
+        for record in records
+        for reference in _references_in(record.resources)
+        if reference.partition("/")[0] in _SHARED and reference.count("/") == 1
+    }
+    found: dict[str, Json] = {}
+    for kind in _SHARED:
+        ids = sorted(r.partition("/")[2] for r in wanted if r.startswith(f"{kind}/"))
+        for chunk in patient_chunks(ids):
+            search = Search(kind).where("_id", *chunk).count(PAGE_SIZE)
+            for page in client.pages(search):
+                for entry in page.get("entry") or []:
+                    resource = entry.get("resource") or {}
+                    found[f"{kind}/{resource.get('id')}"] = resource
+    return [
+        PatientRecord(
+            record.patient,
+            record.resources
+            + tuple(found[r] for r in sorted(_references_in(record.resources)) if r in found),
+        )
+        for record in records
+    ]
 
 
 def _write(

@@ -51,12 +51,18 @@ class FhirClient:
         self.base_url = settings.base_url.rstrip("/")
         self._policy = RetryPolicy(settings.max_retries, settings.max_wait_s)
         self._sleep = sleep
+        self.requests = 0
+        """HTTP requests sent so far, retries included: what a run costs the server."""
         self._http = httpx.Client(
             auth=auth_for(settings),
             timeout=httpx.Timeout(settings.timeout_s),
             headers={"Accept": FHIR_JSON, "User-Agent": USER_AGENT},
             transport=transport,
+            event_hooks={"request": [self._count]},
         )
+
+    def _count(self, _: httpx.Request) -> None:
+        self.requests += 1
 
     def __enter__(self) -> Self:
         return self
