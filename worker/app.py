@@ -12,7 +12,7 @@ import logging
 
 from celery import Celery
 
-from fhir_match.config import PROJECT_DIR, load_settings
+from fhir_match.config import load_settings
 from worker.schedule import beat_schedule
 
 __all__ = ["app"]
@@ -39,6 +39,6 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
     timezone="UTC",
+    task_default_queue=_settings.queue,
     beat_schedule=beat_schedule(_settings),
-    beat_schedule_filename=str(PROJECT_DIR / "var" / "beat-schedule"),
 )

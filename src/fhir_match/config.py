@@ -82,6 +82,8 @@ class Settings:
     """When scheduled discovery runs: a cron expression (minute hour day month weekday), UTC."""
     full_every_days: float = DEFAULT_FULL_EVERY_DAYS
     """A scheduled run is full when the last full one is older than this, else incremental."""
+    queue: str = "celery"
+    """The Celery queue runs are sent to and workers take them from."""
 
     def __post_init__(self) -> None:
         if len(self.schedule.split()) != 5:
@@ -152,4 +154,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         studies=studies,
         schedule=env.get("FHIR_MATCH_SCHEDULE") or DEFAULT_SCHEDULE,
         full_every_days=_number(env, "FHIR_MATCH_FULL_EVERY_DAYS", DEFAULT_FULL_EVERY_DAYS),
+        queue=env.get("FHIR_MATCH_QUEUE") or "celery",
     )

@@ -174,7 +174,9 @@ def screen_batch(
     sent = client.requests
     report = BatchReport(patients=len(patients))
     if since is not None:
-        changed = changed_patients(client, setup.records, patients, since)
+        changed = changed_patients(
+            client, setup.records, patients, since, lambda r: is_ours(r, setup.study)
+        )
         report.unchanged = len(patients) - len(changed)
         patients = [p for p in patients if p in changed]
     if patients:

@@ -44,7 +44,8 @@ class RecordSearch:
     patient_param: str
     """``patient=Patient/1,Patient/2``, or ``_id=1,2`` for the Patient itself."""
     patient_element: str
-    """The element naming the patient, asked for alone when only changes are wanted."""
+    """The element naming the patient: with the identifier, all that is asked for when only
+    changes are wanted."""
     includes: tuple[str, ...] = ()
 
     def _for(self, patients: Sequence[str]) -> Search:
@@ -57,7 +58,9 @@ class RecordSearch:
 
     def changes(self, patients: Sequence[str], since: str) -> Search:
         search = self._for(patients).where("_lastUpdated", f"ge{since}")
-        return search.where("_elements", self.patient_element).count(PAGE_SIZE)
+        # identifier too: it tells what fhir-match wrote itself (see changed_patients)
+        elements = f"{self.patient_element},identifier"
+        return search.where("_elements", elements).count(PAGE_SIZE)
 
 
 _PATIENT_SEARCH = {
@@ -156,14 +159,21 @@ def fetch_records(
 
 
 def changed_patients(
-    client: FhirClient, searches: Sequence[RecordSearch], patients: Sequence[str], since: str
+    client: FhirClient,
+    searches: Sequence[RecordSearch],
+    patients: Sequence[str],
+    since: str,
+    ignore: Callable[[Json], bool] = lambda resource: False,
 ) -> set[str]:
-    """Which of ``patients`` have a resource of their record changed since ``since``."""
+    """Which of ``patients`` have a resource of their record changed since ``since``;
+    changes to resources ``ignore`` accepts (what fhir-match wrote itself) do not count."""
     changed: set[str] = set()
     wanted = set(patients)
     for chunk in patient_chunks(patients):
         for record_search in searches:
             for resource in _resources(client, record_search.changes(chunk, since)):
+                if ignore(resource):
+                    continue
                 if resource["resourceType"] == "Patient":
                     changed.add(f"Patient/{resource.get('id')}")
                     continue

@@ -37,6 +37,8 @@ __all__ = [
 
 PATIENTS_PER_TRANSACTION = 10
 SHARED_PER_TRANSACTION = 100
+_REFER_TO_ALL = ("Provenance", "Group")
+"""Deleted first: they refer to resources of every type (evidence, members)."""
 _SHARED_LAST = (
     "Patient",
     "Medication",
@@ -162,13 +164,15 @@ def remove_tagged(client: FhirClient, tag: str, progress: Progress = lambda done
     as batches of single deletes: that works on servers that refuse to delete many resources
     by one search, and keeps each database transaction small. Nothing cascades: a resource
     someone else made that refers to a tagged one stops the removal with the server's
-    conflict, rather than being deleted with it.
+    conflict, rather than being deleted with it; only a shared resource (a Medication, the
+    study) still used by another tagged population is kept, without this tag.
     """
     token = tag_token(tag)
     statement = client.capabilities()
     types = sorted({str(r.type) for rest in statement.rest or [] for r in rest.resource or []})
     present = [t for t in types if client.total(Search(t).where("_tag", token))]
-    order = [t for t in present if t not in _SHARED_LAST]
+    order = [t for t in _REFER_TO_ALL if t in present]
+    order += [t for t in present if t not in _SHARED_LAST + _REFER_TO_ALL]
     order += [t for t in _SHARED_LAST if t in present]
     removed = 0
     for resource_type in order:
@@ -179,12 +183,17 @@ def remove_tagged(client: FhirClient, tag: str, progress: Progress = lambda done
             for e in next(client.pages(search)).get("entry") or []
             if e.get("search", {}).get("mode", "match") == "match"
         ]:
-            removed += _delete_batch(client, resource_type, ids)
+            removed += _delete_batch(client, resource_type, ids, tag)
             progress(removed)
     return removed
 
 
-def _delete_batch(client: FhirClient, resource_type: str, ids: list[str]) -> int:
+def _delete_batch(client: FhirClient, resource_type: str, ids: list[str], tag: str) -> int:
+    """Delete a page of tagged resources; returns how many were deleted.
+
+    A shared resource (a Medication, the study) that another population loaded under its own
+    tag still refers to cannot be deleted (409): it loses this tag instead, and stays.
+    """
     bundle = {
         "resourceType": "Bundle",
         "type": "batch",
@@ -192,10 +201,16 @@ def _delete_batch(client: FhirClient, resource_type: str, ids: list[str]) -> int
     }
     response = client.batch(bundle)
     statuses = [str(e.response.status if e.response else "") for e in response.entry or []]
+    shared = resource_type in _SHARED_LAST and resource_type != "Patient"
+    kept = [
+        i for i, status in zip(ids, statuses, strict=False) if shared and status.startswith("409")
+    ]
+    for resource_id in kept:
+        _untag(client, f"{resource_type}/{resource_id}", tag)
     refused = [
         f"{resource_type}/{i}: {status or 'no status'}"
         for i, status in zip(ids, statuses, strict=False)
-        if not status.startswith(("2", "404"))
+        if not status.startswith(("2", "404")) and i not in kept
     ]
     if refused:
         raise FhirError(
@@ -204,7 +219,14 @@ def _delete_batch(client: FhirClient, resource_type: str, ids: list[str]) -> int
             409,
             f"{len(refused)} tagged resources could not be deleted, e.g. {refused[0]}",
         )
-    return len(ids)
+    return len(ids) - len(kept)
+
+
+def _untag(client: FhirClient, reference: str, tag: str) -> None:
+    """Remove the run tag from a resource (``$meta-delete``), leaving it otherwise as it is."""
+    meta = {"tag": [{"system": TAG_SYSTEM, "code": tag}]}
+    parameters = {"resourceType": "Parameters", "parameter": [{"name": "meta", "valueMeta": meta}]}
+    client.request("POST", f"{client.base_url}/{reference}/$meta-delete", body=parameters)
 
 
 def state_path(folder: Path, tag: str) -> Path:

@@ -1,0 +1,485 @@
+"""Benchmark cohort discovery against the local HAPI FHIR server, every approach side by side.
+
+Usage: .venv/bin/python bench/discover.py [--sizes 1000,10000] [--large] [--seed 5]
+                                          [--out var/bench/discover]
+
+For each population size it generates a synthetic population, loads it into the server under
+a run tag of its own (once: loading resumes, and is skipped when complete; not timed), then
+runs discovery of KN5501 over that tag in five ways, on the same data, one after the other:
+
+- ours (worker): the real pipeline, a Celery worker process on its own queue (2 processes);
+  a first run, which may write ResearchSubjects, and a repeat run (the nightly steady state);
+- ours (in-process): the same steps, 100 patients a batch, in one process;
+- naive: the same steps one patient at a time (one search per patient per resource type);
+- lower bound: only the cohort search and the record searches, no evaluation or write-back;
+- bulk (worker): the pipeline with one Bulk Data ``$export`` instead of searches.
+
+It prints wall time, patients per second, HTTP requests per ITP patient (the cohort found)
+and peak memory (VmHWM) of each, the HAPI server's memory, and the ratios against the goals:
+naive at least 5x slower than ours, ours within 1.3x of the lower bound. All figures go to
+``discover.json`` and a plot of cost per patient against population size to
+``discover-cost.png`` in ``--out``. In-process modes run in child processes, so each peak
+is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import redis
+
+from fhir_match.config import PROJECT_DIR, load_settings
+from fhir_match.fhir import FhirClient
+from fhir_match.seed import seed, state_path
+from fhir_match.synth import generate
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = "kn5501"
+AS_OF = "2026-06-01"
+HAPI_PID_FILE = PROJECT_DIR / "var" / "run" / "hapi.pid"
+READY_TIMEOUT_S = 60
+RUN_TIMEOUT_S = 3600
+LOCK_WAIT_S = 15
+"""The study's lock is shared with everyone using the server: a run it skips is sent again."""
+POLL_S = 0.2
+SEED_ATTEMPTS = 5
+"""A transaction that times out on a busy server is not retried (POST); loading resumes."""
+
+SEARCH_FIRST = "ours (worker, first)"
+SEARCH = "ours (worker)"
+IN_PROCESS = "ours (in-process)"
+NAIVE = "naive (in-process)"
+LOWER = "lower bound (in-process)"
+BULK_FIRST = "bulk (worker, first)"
+BULK = "bulk (worker)"
+
+
+def population_seed(size: int, seed_: int) -> int:
+    """The generator's seed for one size. Patient ids are ``syn<seed>-<index>``, so sizes
+    generated with the same seed would share ids, and loading one would re-tag the other."""
+    return seed_ * 1_000_000 + size
+
+
+def population(size: int, seed_: int, out: Path) -> Path:
+    """The synthetic population of ``size`` patients, generated unless already there."""
+    made_with = population_seed(size, seed_)
+    folder = out / f"pop-s{made_with}"
+    manifest = folder / "manifest.json"
+    if manifest.exists():
+        made = json.loads(manifest.read_text())
+        if (made["patients"], made["seed"], made["as_of"]) == (size, made_with, AS_OF):
+            return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    generate(size, made_with, folder, "ndjson")
+    return folder
+
+
+def load(client: FhirClient, folder: Path, size: int, tag: str) -> float:
+    """Load the population into the server under ``tag``; seconds it took (0 if loaded)."""
+    state = state_path(PROJECT_DIR / "var" / "seed", tag)
+    if state.exists() and len(state.read_text().split()) >= size:
+        return 0.0
+    started = time.perf_counter()
+    for _ in range(SEED_ATTEMPTS):
+        summary = seed(client, [folder / "fhir"], tag, state)
+        if not summary.failed and summary.patients >= size:
+            return time.perf_counter() - started
+        print(f"  seeding {tag}: {len(summary.failed)} patients failed, resuming", flush=True)
+    raise SystemExit(f"seeding {tag} failed: {summary.failed[:3]}")
+
+
+def _status_mb(pid: int, field: str) -> float:
+    """A VmHWM/VmRSS line of /proc/<pid>/status in MB; 0 when the process is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0.0
+    for line in lines:
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _tree_mb(pid: int) -> float:
+    """Peak memory of a process and all its descendants, summed."""
+    return _status_mb(pid, "VmHWM") + sum(_tree_mb(child) for child in _children(pid))
+
+
+def _hapi_pid() -> int:
+    return int(HAPI_PID_FILE.read_text().strip())
+
+
+# --- in-process modes, each run in a child process -----------------------------------------
+
+
+def _own_peak_mb() -> float:
+    """Not ru_maxrss: Linux carries the parent's peak into a child through fork and exec."""
+    return _status_mb(os.getpid(), "VmHWM")
+
+
+def in_process(mode: str, tag: str) -> dict[str, Any]:
+    """Run in a child process: one discovery of ``tag`` the ``mode`` way; figures as JSON."""
+    from fhir_match.discovery import (
+        PATIENTS_PER_BATCH,
+        ensure_study,
+        find_patients,
+        finish_run,
+        screen_batch,
+        study_setup,
+    )
+    from fhir_match.fetch import fetch_records
+    from fhir_match.records import DataIssue
+    from fhir_match.screen import study_engine
+    from fhir_match.writeback import RunInfo
+
+    setup = study_setup(STUDY)
+    issues: list[DataIssue] = []
+    written = 0
+    engine_peak = 0.0
+    with FhirClient(load_settings().fhir) as client:
+        if mode == LOWER:
+            started = time.perf_counter()
+            cohort = find_patients(client, setup, tag)
+            found = time.perf_counter()
+            for i in range(0, len(cohort), PATIENTS_PER_BATCH):
+                chunk = cohort[i : i + PATIENTS_PER_BATCH]
+                fetch_records(client, setup.records, chunk, issues.append)
+            seconds = time.perf_counter() - started
+        else:
+            per_batch = 1 if mode == NAIVE else PATIENTS_PER_BATCH
+            as_of = date.fromisoformat(AS_OF)
+            with study_engine(setup.study, setup.normaliser, as_of) as engine:
+                engine.start()
+                started = time.perf_counter()
+                recorded = datetime.now(UTC).isoformat(timespec="seconds")
+                run = RunInfo(f"bench-{uuid.uuid4().hex[:12]}", AS_OF, recorded, tag)
+                study_ref = ensure_study(client, setup.study, tag)
+                cohort = find_patients(client, setup, tag)
+                found = time.perf_counter()
+                for i in range(0, len(cohort), per_batch):
+                    chunk = cohort[i : i + per_batch]
+                    report = screen_batch(client, setup, engine, chunk, study_ref, run)
+                    issues += report.failures + report.written.failed
+                    written += report.written.created + report.written.updated
+                finish = finish_run(client, setup, study_ref, run, set(cohort))
+                written += finish.left_cohort.updated
+                seconds = time.perf_counter() - started
+                engine_peak = sum(_tree_mb(child) for child in _children(os.getpid()))
+        requests = client.requests
+    return {
+        "seconds": seconds,
+        "find_s": found - started,
+        "cohort": len(cohort),
+        "requests": requests,
+        "written": written,
+        "failures": len(issues),
+        "python_peak_mb": _own_peak_mb(),
+        "engine_peak_mb": engine_peak,
+    }
+
+
+def run_child(mode: str, tag: str) -> dict[str, Any]:
+    child = subprocess.run(
+        [sys.executable, __file__, "--child", mode, tag],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    figures: dict[str, Any] = json.loads(child.stdout.splitlines()[-1])
+    figures["memory"] = (
+        f"python {figures['python_peak_mb']:.0f} + node {figures['engine_peak_mb']:.0f}"
+    )
+    return figures
+
+
+# --- worker modes ---------------------------------------------------------------------------
+
+
+@dataclass
+class Worker:
+    """A Celery worker process of our own, on its own queue (as the integration tests do)."""
+
+    process: subprocess.Popen[bytes]
+    queue: str
+    log: IO[bytes]
+
+    @classmethod
+    def start(cls, log: Path) -> Worker:
+        """Its banner and warnings go to ``log``, not between the benchmark's figures."""
+        from worker.app import app
+
+        queue = f"bench-{uuid.uuid4().hex[:8]}"
+        node = f"{queue}@localhost"
+        output = log.open("ab")
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker.app",
+                "worker",
+                "-Q",
+                queue,
+                "-n",
+                node,
+                "--concurrency",
+                "2",
+                "--loglevel",
+                "WARNING",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            cwd=ROOT,
+            env=os.environ.copy(),
+            stdout=subprocess.DEVNULL,
+            stderr=output,
+        )
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not app.control.ping(destination=[node], timeout=1.0):
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                output.close()
+                raise SystemExit(f"the benchmark's worker did not start: see {log}")
+        return cls(process, queue, output)
+
+    def memory(self) -> dict[str, float]:
+        """Peak memory: the largest pool process with its Node engine, and the whole tree."""
+        pid = self.process.pid
+        pools = [_tree_mb(child) for child in _children(pid)]
+        return {"largest_pool_mb": max(pools, default=0.0), "tree_mb": _tree_mb(pid)}
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
+        self.log.close()
+
+
+def worker_run(store: redis.Redis, worker: Worker, fetch: str, tag: str) -> dict[str, Any]:
+    """One discovery run through the worker, timed from sending the task to the run's end."""
+    from worker.runs import load_run
+    from worker.tasks import discover
+
+    kwargs = {"study_id": STUDY, "as_of": AS_OF, "mode": "full", "tag": tag, "fetch": fetch}
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while True:
+        started = time.perf_counter()
+        run_id = discover.apply_async(kwargs=kwargs, queue=worker.queue).id
+        while (run := load_run(store, run_id)) is None or run.get("state") not in (
+            "done",
+            "failed",
+            "skipped",
+        ):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"run {run_id} did not finish within {RUN_TIMEOUT_S}s")
+            time.sleep(POLL_S)
+        seconds = time.perf_counter() - started
+        if run["state"] != "skipped":
+            break
+        print(f"  {run['reason']}; sending again in {LOCK_WAIT_S}s", flush=True)
+        time.sleep(LOCK_WAIT_S)
+    if run["state"] == "failed":
+        raise SystemExit(f"run {run_id} failed: {run.get('error')}")
+    batches = run["batches"]
+    # A bulk run's own count covers its batches too; a search run's is theirs summed.
+    fetched = run["bulk_requests"] if fetch == "bulk" else batches.get("requests", 0)
+    return {
+        "seconds": seconds,
+        "cohort": run["cohort"],
+        "requests": run["cohort_requests"] + fetched + run["finish_requests"],
+        "written": batches.get("created", 0)
+        + batches.get("updated", 0)
+        + run["result"]["left_cohort"],
+        "failures": len(batches["failures"]) + batches.get("failed_batches", 0),
+        "run": run_id,
+    }
+
+
+def worker_modes(store: redis.Redis, fetch: str, tag: str, log: Path) -> list[dict[str, Any]]:
+    """A first and a repeat run in a fresh worker; the worker's peak memory covers both."""
+    worker = Worker.start(log)
+    try:
+        first = worker_run(store, worker, fetch, tag)
+        repeat = worker_run(store, worker, fetch, tag)
+        memory = worker.memory()
+    finally:
+        worker.stop()
+    for figures in (first, repeat):
+        figures.update(memory)
+        figures["memory"] = (
+            f"pool+node {memory['largest_pool_mb']:.0f}, all {memory['tree_mb']:.0f}"
+        )
+    return [first, repeat]
+
+
+# --- one size, all modes ----------------------------------------------------------------
+
+
+def measure(size: int, seed_: int, out: Path) -> dict[str, Any]:
+    settings = load_settings()
+    started = time.perf_counter()
+    folder = population(size, seed_, out)
+    generated = time.perf_counter() - started
+    tag = f"bench-discover-s{population_seed(size, seed_)}"
+    with FhirClient(settings.fhir) as client:
+        loaded = load(client, folder, size, tag)
+    print(
+        f"\n== {size} patients (tag {tag}): synth {generated:.1f}s, "
+        f"seeding {loaded:.1f}s{' (already loaded)' if not loaded else ''}",
+        flush=True,
+    )
+    store = redis.Redis.from_url(settings.redis_url, socket_timeout=30)
+    hapi = _hapi_pid()
+    modes: dict[str, dict[str, Any]] = {}
+
+    def server_memory(name: str, before: float) -> None:
+        for label in [k for k in modes if k.startswith(name)]:
+            modes[label]["server_rss_before_mb"] = before
+            modes[label]["server_rss_after_mb"] = _status_mb(hapi, "VmRSS")
+            modes[label]["server_hwm_mb"] = _status_mb(hapi, "VmHWM")
+        print(f"  {name} done", flush=True)
+
+    before = _status_mb(hapi, "VmRSS")
+    modes[SEARCH_FIRST], modes[SEARCH] = worker_modes(store, "search", tag, out / "worker.log")
+    server_memory("ours (worker", before)
+    for mode in (IN_PROCESS, LOWER, NAIVE):
+        before = _status_mb(hapi, "VmRSS")
+        modes[mode] = run_child(mode, tag)
+        server_memory(mode, before)
+    before = _status_mb(hapi, "VmRSS")
+    modes[BULK_FIRST], modes[BULK] = worker_modes(store, "bulk", tag, out / "worker.log")
+    server_memory("bulk", before)
+    for figures in modes.values():
+        cohort = max(figures["cohort"], 1)
+        figures["cohort_per_s"] = figures["cohort"] / figures["seconds"]
+        figures["population_per_s"] = size / figures["seconds"]
+        figures["requests_per_itp"] = figures["requests"] / cohort
+        figures["ms_per_patient"] = 1000 * figures["seconds"] / size
+        figures["ms_per_itp"] = 1000 * figures["seconds"] / cohort
+    return {"size": size, "tag": tag, "synth_s": generated, "seed_s": loaded, "modes": modes}
+
+
+def ratios(result: dict[str, Any]) -> list[tuple[str, float, str]]:
+    """(what, ratio, verdict) for the three comparisons."""
+    m = result["modes"]
+
+    def s(mode: str) -> float:
+        return float(m[mode]["seconds"])
+
+    def goal(ok: bool, text: str) -> str:
+        return f"goal {text}: {'MET' if ok else 'NOT MET'}"
+
+    rows = []
+    for ours in (SEARCH, IN_PROCESS):
+        r = s(NAIVE) / s(ours)
+        rows.append((f"(a) naive / {ours}", r, goal(r >= 5, ">= 5")))
+    after = (s(NAIVE) - m[NAIVE]["find_s"]) / (s(IN_PROCESS) - m[IN_PROCESS]["find_s"])
+    text = "(a) naive / ours (in-process), after the cohort search"
+    rows.append((text, after, goal(after >= 5, ">= 5")))
+    for ours in (SEARCH, IN_PROCESS):
+        r = s(ours) / s(LOWER)
+        rows.append((f"(b) {ours} / lower bound", r, goal(r <= 1.3, "<= 1.3")))
+    rows.append(("(c) bulk / search, time (worker, repeat runs)", s(BULK) / s(SEARCH), ""))
+    requests = m[BULK]["requests"] / max(m[SEARCH]["requests"], 1)
+    rows.append(("(c) bulk / search, requests", requests, ""))
+    return rows
+
+
+def report(result: dict[str, Any]) -> None:
+    size = result["size"]
+    cohort = result["modes"][SEARCH]["cohort"]
+    print(f"\n{size} patients, {cohort} in the cohort (ITP patients found)")
+    print(
+        f"{'mode':<26} {'wall s':>7} {'find s':>7} {'ITP/s':>7} {'pop/s':>7} {'req/ITP':>8} "
+        f"{'req':>6} {'written':>7} {'fail':>4} {'HAPI RSS MB before>after (HWM)':>31}  "
+        "peak MB"
+    )
+    for name, f in result["modes"].items():
+        server = (
+            f"{f['server_rss_before_mb']:.0f}>{f['server_rss_after_mb']:.0f} "
+            f"({f['server_hwm_mb']:.0f})"
+        )
+        find = f"{f['find_s']:.1f}" if "find_s" in f else "-"
+        print(
+            f"{name:<26} {f['seconds']:>7.1f} {find:>7} {f['cohort_per_s']:>7.1f} "
+            f"{f['population_per_s']:>7.0f} {f['requests_per_itp']:>8.2f} {f['requests']:>6} "
+            f"{f['written']:>7} {f['failures']:>4} {server:>31}  {f['memory']}"
+        )
+    for what, ratio, verdict in ratios(result):
+        print(f"{what:<56} {ratio:>6.2f}x  {verdict}")
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    """Cost per patient against population size, per population patient and per ITP one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(12, 5))
+    sizes = [r["size"] for r in results]
+    for mode in results[0]["modes"]:
+        for ax, key in zip(axes, ("ms_per_patient", "ms_per_itp"), strict=True):
+            ax.plot(sizes, [r["modes"][mode][key] for r in results], marker="o", label=mode)
+    for ax, unit in zip(axes, ("population patient", "ITP patient (cohort)"), strict=True):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("population (patients)")
+        ax.set_ylabel(f"ms per {unit}")
+        ax.set_title(f"Discovery cost per {unit}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000,10000")
+    parser.add_argument("--large", action="store_true", help="add 50,000 patients")
+    parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=PROJECT_DIR / "var" / "bench" / "discover")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(in_process(*args.child)))
+        return
+
+    sizes = [int(s) for s in args.sizes.split(",")] + ([50_000] if args.large else [])
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for size in sizes:
+        results.append(measure(size, args.seed, args.out))
+        report(results[-1])
+        # Written after each size, so a long run leaves what it has measured so far.
+        (args.out / "discover.json").write_text(json.dumps(results, indent=2) + "\n")
+        plot(results, args.out / "discover-cost.png")
+    print(f"\nfigures: {args.out / 'discover.json'}, plot: {args.out / 'discover-cost.png'}")
+
+
+if __name__ == "__main__":
+    main()

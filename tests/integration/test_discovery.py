@@ -1,0 +1,312 @@
+"""Discovery end to end on the real HAPI server, Redis and a Celery worker process.
+
+One synthetic population (60% with ITP: 7 candidates and 5 potential candidates) is loaded with a
+run tag; every run is restricted to that tag, and the tag removes it all afterwards.
+The tests run in file order: the last ones change the data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from fhir_match.candidates import Candidate, current_candidates
+from fhir_match.discovery import study_setup
+from fhir_match.evaluate.study import load_study
+from fhir_match.fhir import FhirClient, Search
+from fhir_match.fhir.models import parse_resource, to_json
+from fhir_match.screen import screen, study_engine
+from fhir_match.seed import remove_tagged, seed
+from fhir_match.synth.generate import generate
+from fhir_match.tagging import TAG_SYSTEM, tag_token
+from fhir_match.writeback import match_of
+from worker import runs
+from worker.tasks import discover, screen_patients
+
+from ..conftest import ROOT
+from .conftest import WorkerProcess
+
+AS_OF = "2026-06-01"
+RUN_TIMEOUT_S = 300
+STUDY = "kn5501"
+
+
+@dataclass(frozen=True)
+class Population:
+    tag: str
+    folder: Path
+    expected: dict[str, dict[str, Any]]
+    """The generator's intended answer per patient."""
+
+    @property
+    def listed(self) -> dict[str, str]:
+        return {p: e["outcome"] for p, e in self.expected.items() if e["outcome"] != "ineligible"}
+
+
+@pytest.fixture(scope="module")
+def population(fhir: FhirClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Population]:
+    folder = tmp_path_factory.mktemp("population")
+    generate(60, 37, folder, "ndjson", itp_share=0.6)
+    tag = f"test-discovery-{uuid.uuid4().hex[:8]}"
+    loaded = seed(fhir, [folder / "fhir"], tag, folder / "seed.done")
+    assert not loaded.failed
+    assert not loaded.skipped
+    expected = {
+        e["patient"]: e
+        for e in map(json.loads, (folder / "expected.ndjson").read_text().splitlines())
+    }
+    yield Population(tag, folder, expected)
+    remove_tagged(fhir, tag)
+
+
+def run_discovery(
+    store: redis.Redis, worker: WorkerProcess, population: Population, **kwargs: Any
+) -> dict[str, Any]:
+    """Enqueue a run on the test worker and wait for its record to say it ended."""
+    options = {"study_id": STUDY, "as_of": AS_OF, "tag": population.tag, "mode": "full"}
+    result = discover.apply_async(kwargs={**options, **kwargs}, queue=worker.queue)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        run = runs.load_run(store, result.id)
+        if run and run.get("state") in ("done", "failed", "skipped"):
+            return {**run, "run": result.id}
+        time.sleep(0.2)  # polling the run's record for its end, not waiting for an effect
+    pytest.fail(f"run {result.id} did not end within {RUN_TIMEOUT_S}s")
+
+
+def listed(fhir: FhirClient, population: Population) -> dict[str, Candidate]:
+    """The population's patients on the study's list (other data may share the server)."""
+    candidates = current_candidates(fhir, load_study(STUDY))
+    return {c.patient: c for c in candidates if c.patient in population.expected}
+
+
+def tagged_count(fhir: FhirClient, resource_type: str, tag: str) -> int:
+    return fhir.total(Search(resource_type).where("_tag", tag_token(tag)))
+
+
+def test_a_run_lists_the_expected_candidates_with_their_evidence(
+    fhir: FhirClient,
+    redis_client: redis.Redis,
+    celery_worker: WorkerProcess,
+    population: Population,
+) -> None:
+    run = run_discovery(redis_client, celery_worker, population)
+
+    assert run["state"] == "done", run
+    assert run["batches"]["failures"] == []
+    assert run["cohort"] >= len(population.listed)
+    candidates = listed(fhir, population)
+    assert {p: c.outcome for p, c in candidates.items()} == population.listed
+    assert run["result"]["listed"] == len(population.listed)
+    for patient, candidate in candidates.items():
+        assert candidate.status == candidate.outcome
+        expected = population.expected[patient]["criteria"]
+        assert {c.id: c.result for c in candidate.criteria} == expected
+    # the evidence a reviewer opens: a Provenance per subject, entities labelled by criterion
+    some = next(iter(candidates.values()))
+    provenance = list(fhir.search(Search("Provenance").where("target", some.subject)))
+    assert len(provenance) == 1
+    entities = to_json(provenance[0])["entity"]
+    decided = {r for c in some.criteria for r in c.evidence}
+    assert {e["what"]["reference"] for e in entities} == decided
+    assert all(e["extension"][0]["valueCode"] for e in entities)
+    assert tagged_count(fhir, "Group", population.tag) == 1
+
+
+def test_the_live_path_agrees_with_screen_on_the_same_data(
+    fhir: FhirClient, population: Population, tmp_path: Path
+) -> None:
+    setup = study_setup(STUDY)
+    output = tmp_path / "screen.ndjson"
+    with (
+        study_engine(setup.study, setup.normaliser, date.fromisoformat(AS_OF)) as engine,
+        output.open("w") as out,
+    ):
+        screen(
+            [population.folder / "fhir"],
+            setup.study,
+            date(2026, 6, 1),
+            setup.normaliser,
+            engine,
+            out,
+        )
+    screened = {
+        line["patient"]: line
+        for line in map(json.loads, output.read_text().splitlines())
+        if line["outcome"] != "ineligible"
+    }
+    live = listed(fhir, population)
+
+    assert set(live) == set(screened)
+    for patient, candidate in live.items():
+        assert candidate.outcome == screened[patient]["outcome"]
+        assert [
+            {
+                "id": c.id,
+                "kind": c.kind,
+                "result": c.result,
+                "summary": c.summary,
+                "evidence": list(c.evidence),
+            }
+            for c in candidate.criteria
+        ] == screened[patient]["criteria"]
+
+
+def test_a_second_run_writes_nothing_new(
+    fhir: FhirClient,
+    redis_client: redis.Redis,
+    celery_worker: WorkerProcess,
+    population: Population,
+) -> None:
+    subjects = tagged_count(fhir, "ResearchSubject", population.tag)
+    provenance = tagged_count(fhir, "Provenance", population.tag)
+
+    run = run_discovery(redis_client, celery_worker, population)
+
+    assert run["state"] == "done"
+    assert (run["batches"]["created"], run["batches"]["updated"]) == (0, 0)
+    assert tagged_count(fhir, "ResearchSubject", population.tag) == subjects
+    assert tagged_count(fhir, "Provenance", population.tag) == provenance
+    assert tagged_count(fhir, "Group", population.tag) == 2  # one snapshot per run
+
+
+def test_a_batch_task_run_twice_changes_nothing_the_second_time(
+    fhir: FhirClient,
+    redis_client: redis.Redis,
+    celery_worker: WorkerProcess,
+    population: Population,
+) -> None:
+    run = run_discovery(redis_client, celery_worker, population)
+    patients = sorted(population.listed)[:5]
+    before = {p: c.subject for p, c in listed(fhir, population).items()}
+
+    for _ in range(2):
+        report = screen_patients.apply_async(
+            args=[run["run"], 0, patients], queue=celery_worker.queue
+        )
+        report.get(timeout=RUN_TIMEOUT_S)
+
+    assert {p: c.subject for p, c in listed(fhir, population).items()} == before
+
+
+def test_two_runs_of_a_study_never_overlap(
+    redis_client: redis.Redis, celery_worker: WorkerProcess, population: Population
+) -> None:
+    assert runs.acquire_lock(redis_client, STUDY, "another-run")
+    try:
+        run = run_discovery(redis_client, celery_worker, population)
+    finally:
+        runs.release_lock(redis_client, STUDY, "another-run")
+
+    assert run["state"] == "skipped"
+    assert "another-run" in run["reason"]
+
+
+def test_a_coordinators_status_survives_a_rerun(
+    fhir: FhirClient,
+    redis_client: redis.Redis,
+    celery_worker: WorkerProcess,
+    population: Population,
+) -> None:
+    chosen = next(c for c in listed(fhir, population).values() if c.outcome == "candidate")
+    subject = to_json(fhir.read("ResearchSubject", chosen.subject.split("/")[1]))
+    subject["status"] = "eligible"
+    fhir.update(parse_resource(subject), if_match=subject["meta"]["versionId"])
+
+    run = run_discovery(redis_client, celery_worker, population)
+
+    assert run["state"] == "done"
+    after = listed(fhir, population)[chosen.patient]
+    assert after.status == "eligible"
+    assert after.outcome == "candidate"
+
+
+def test_a_normal_newest_platelet_count_unlists_the_patient(
+    fhir: FhirClient,
+    redis_client: redis.Redis,
+    celery_worker: WorkerProcess,
+    population: Population,
+) -> None:
+    chosen = next(
+        c
+        for c in listed(fhir, population).values()
+        if c.outcome == "candidate" and c.status == "candidate"
+    )
+    count = {
+        "resourceType": "Observation",
+        "meta": {"tag": [{"system": TAG_SYSTEM, "code": population.tag}]},
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "777-3"}]},
+        "subject": {"reference": chosen.patient},
+        "effectiveDateTime": "2026-05-30",
+        "valueQuantity": {
+            "value": 250,
+            "unit": "10*9/L",
+            "system": "http://unitsofmeasure.org",
+            "code": "10*9/L",
+        },
+    }
+    fhir.create(parse_resource(count))
+
+    run = run_discovery(redis_client, celery_worker, population, mode="incremental")
+
+    assert run["state"] == "done"
+    assert run["batches"]["unchanged"] > 0  # only changed records were fetched again
+    subject = to_json(fhir.read("ResearchSubject", chosen.subject.split("/")[1]))
+    assert subject["status"] == "ineligible"  # marked, not deleted
+    assert match_of(subject)["outcome"] == "ineligible"
+    assert chosen.patient not in listed(fhir, population)
+
+
+def test_discover_and_candidates_commands(
+    celery_worker: WorkerProcess, population: Population
+) -> None:
+    env = {**os.environ, "FHIR_MATCH_QUEUE": celery_worker.queue}
+    discover_run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fhir_match.cli",
+            "discover",
+            "--as-of",
+            AS_OF,
+            "--tag",
+            population.tag,
+            "--wait",
+            "--timeout",
+            str(RUN_TIMEOUT_S),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S + 60,
+    )
+    assert discover_run.returncode == 0, discover_run.stderr
+    assert json.loads(discover_run.stdout)["state"] == "done"
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "fhir_match.cli", "candidates", "--format", "ndjson"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    lines = [json.loads(line) for line in shown.stdout.splitlines()]
+    ours = {line["patient"] for line in lines} & set(population.expected)
+    assert ours
+    assert all(len(line["criteria"]) == 23 for line in lines)
