@@ -35,7 +35,7 @@ from fhir_match.grouping import group_by_patient
 from fhir_match.normalise import Normaliser
 from fhir_match.records import DataIssue, Json, PatientEvaluation, PatientRecord
 from fhir_match.screen import load_normaliser
-from fhir_match.tagging import tagged
+from fhir_match.tagging import tag_token, tagged
 from fhir_match.writeback import (
     LISTED,
     RUN_SYSTEM,
@@ -346,9 +346,14 @@ def _write(
     return written
 
 
-def read_subjects(client: FhirClient, study: Study, study_ref: str) -> Iterator[Json]:
-    """Every subject fhir-match wrote for the study, page by page."""
+def read_subjects(
+    client: FhirClient, study: Study, study_ref: str, tag: str = ""
+) -> Iterator[Json]:
+    """Every subject fhir-match wrote for the study (with a run tag: written by tagged
+    runs only, so a test population's run never touches another's), page by page."""
     search = Search("ResearchSubject").where("study", study_ref).count(SUBJECT_PAGE_SIZE)
+    if tag:
+        search = search.where("_tag", tag_token(tag))
     for page in client.pages(search):
         for entry in page.get("entry") or []:
             resource = entry.get("resource") or {}
@@ -387,7 +392,8 @@ def finish_run(
     """
     report = FinishReport()
     subjects = {
-        str(s["individual"]["reference"]): s for s in read_subjects(client, setup.study, study_ref)
+        str(s["individual"]["reference"]): s
+        for s in read_subjects(client, setup.study, study_ref, run.tag)
     }
     if cohort is not None:
         gone: dict[str, PatientEvaluation | None] = {
@@ -399,7 +405,7 @@ def finish_run(
         if gone:
             subjects = {
                 str(s["individual"]["reference"]): s
-                for s in read_subjects(client, setup.study, study_ref)
+                for s in read_subjects(client, setup.study, study_ref, run.tag)
             }
     members = sorted(
         (patient, str(match_of(subject).get("outcome")))
