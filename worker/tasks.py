@@ -190,6 +190,8 @@ def discover(
             if cohort:
                 store.sadd(f"{runs.PREFIX}:run:{run_id}:cohort", *cohort)
                 store.expire(f"{runs.PREFIX}:run:{run_id}:cohort", runs.RUN_TTL_S)
+        if fetch == "bulk":
+            _bulk(store, run_id, cohort)
     except Exception as exc:
         runs.save_run(
             store, run_id, study=study_id, state="failed", finished=_now(), error=_error(exc)
@@ -197,7 +199,6 @@ def discover(
         runs.release_lock(store, study_id, run_id)
         raise
     if fetch == "bulk":
-        _bulk(store, run_id, cohort)
         return _finish(store, run_id)
     queue = (self.request.delivery_info or {}).get("routing_key")
     header = [

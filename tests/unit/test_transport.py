@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from fhir_match.errors import FatalFhirError, TransientFhirError
-from fhir_match.fhir.transport import RetryPolicy, parse_retry_after, send
+from fhir_match.fhir.transport import RetryPolicy, parse_retry_after, public_url, send
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -133,3 +133,15 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
     assert parse_retry_after("Wed, 25 Nov 2026 11:00:00 GMT", now) == 0.0
     assert parse_retry_after("soon", now) is None
     assert parse_retry_after(None, now) is None
+
+
+def test_errors_show_search_parameters_but_not_the_patients_they_name() -> None:
+    url = httpx.URL(
+        "http://fhir.example/r4/Observation",
+        params={"patient": "Patient/123,Patient/456", "_count": "500", "code": "777-3"},
+    )
+
+    shown = public_url(url)
+
+    assert shown == "http://fhir.example/r4/Observation?patient=...&_count=500&code=..."
+    assert "123" not in shown
