@@ -34,30 +34,30 @@ return 0
 """
 
 
-def _lock(study_id: str) -> str:
-    return f"{PREFIX}:lock:{study_id}"
+def _lock(scope: str) -> str:
+    return f"{PREFIX}:lock:{scope}"
 
 
 def _run(run_id: str) -> str:
     return f"{PREFIX}:run:{run_id}"
 
 
-def acquire_lock(client: redis.Redis, study_id: str, run_id: str) -> bool:
-    """Take the study's lock for a run; True also when this run already holds it (a task
-    delivered twice must not lock itself out)."""
-    if client.set(_lock(study_id), run_id, nx=True, ex=LOCK_TTL_S):
+def acquire_lock(client: redis.Redis, scope: str, run_id: str) -> bool:
+    """Take the lock of a study (or of its tagged population) for a run; True also when
+    this run already holds it (a task delivered twice must not lock itself out)."""
+    if client.set(_lock(scope), run_id, nx=True, ex=LOCK_TTL_S):
         return True
-    return lock_holder(client, study_id) == run_id
+    return lock_holder(client, scope) == run_id
 
 
-def lock_holder(client: redis.Redis, study_id: str) -> str | None:
-    holder = client.get(_lock(study_id))
+def lock_holder(client: redis.Redis, scope: str) -> str | None:
+    holder = client.get(_lock(scope))
     return holder.decode() if isinstance(holder, bytes) else None
 
 
-def release_lock(client: redis.Redis, study_id: str, run_id: str) -> None:
+def release_lock(client: redis.Redis, scope: str, run_id: str) -> None:
     """Release the lock if this run holds it (never another run's)."""
-    client.eval(_RELEASE, 1, _lock(study_id), run_id)
+    client.eval(_RELEASE, 1, _lock(scope), run_id)
 
 
 def save_run(client: redis.Redis, run_id: str, **fields: Any) -> None:

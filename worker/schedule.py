@@ -14,7 +14,8 @@ __all__ = ["beat_schedule"]
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     """Entries for Celery beat: every study (or those FHIR_MATCH_STUDIES names) on the
-    cron schedule, in ``auto`` mode (incremental, with a periodic full run)."""
+    cron schedule, in ``auto`` mode (incremental, with a periodic full run), restricted to
+    FHIR_MATCH_TAG's resources when it is set."""
     minute, hour, day_of_month, month_of_year, day_of_week = settings.schedule.split()
     when = crontab(
         minute=minute,
@@ -27,7 +28,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         f"discover-{study}": {
             "task": "worker.tasks.discover",
             "schedule": when,
-            "kwargs": {"study_id": study, "mode": "auto"},
+            "kwargs": {"study_id": study, "mode": "auto", "tag": settings.tag},
         }
         for study in settings.studies or configured_studies()
     }

@@ -80,7 +80,8 @@ def _close_engines(**_: object) -> None:
 
 
 def _scope(study_id: str, tag: str) -> str:
-    """Whose last run an incremental run continues: a tagged population is its own."""
+    """What a run locks, and whose last run an incremental run continues: the study, or
+    the study's tagged population (test data; tagged runs touch nothing else)."""
     return f"{study_id}:{tag}" if tag else study_id
 
 
@@ -140,12 +141,14 @@ def discover(
     run_id = str(self.request.id)
     settings = _settings(base_url)
     store = _redis(settings)
-    if not runs.acquire_lock(store, study_id, run_id):
-        holder = runs.lock_holder(store, study_id)
+    scope = _scope(study_id, tag)
+    if not runs.acquire_lock(store, scope, run_id):
+        holder = runs.lock_holder(store, scope)
         runs.save_run(
             store,
             run_id,
             study=study_id,
+            tag=tag,
             state="skipped",
             finished=_now(),
             reason=f"run {holder} of {study_id} is still in progress",
@@ -154,7 +157,7 @@ def discover(
     try:
         started = _now()
         as_of = as_of or date.today().isoformat()
-        last = runs.last_run(store, _scope(study_id, tag))
+        last = runs.last_run(store, scope)
         full = fetch == "bulk" or _full(settings, last, mode)
         since = None
         if not full and last is not None:
@@ -196,7 +199,7 @@ def discover(
         runs.save_run(
             store, run_id, study=study_id, state="failed", finished=_now(), error=_error(exc)
         )
-        runs.release_lock(store, study_id, run_id)
+        runs.release_lock(store, scope, run_id)
         raise
     if fetch == "bulk":
         return _finish(store, run_id)
@@ -299,7 +302,7 @@ def _finish(store: redis.Redis, run_id: str) -> dict[str, Any]:
         raise
     except Exception as exc:
         runs.save_run(store, run_id, state="failed", finished=_now(), error=_error(exc))
-        runs.release_lock(store, run["study"], run_id)
+        runs.release_lock(store, _scope(run["study"], run["tag"]), run_id)
         raise
     batches = runs.load_run(store, run_id)["batches"]  # type: ignore[index]
     clean = not batches["failures"] and not batches.get("failed_batches")
@@ -318,5 +321,5 @@ def _finish(store: redis.Redis, run_id: str) -> dict[str, Any]:
             {"run": run_id, "started": run["started"], "full_started": run["full_started"]},
         )
     store.delete(f"{runs.PREFIX}:run:{run_id}:cohort")
-    runs.release_lock(store, run["study"], run_id)
+    runs.release_lock(store, _scope(run["study"], run["tag"]), run_id)
     return {"run": run_id, "state": "done", **report.as_json()}

@@ -84,6 +84,9 @@ class Settings:
     """A scheduled run is full when the last full one is older than this, else incremental."""
     queue: str = "celery"
     """The Celery queue runs are sent to and workers take them from."""
+    tag: str = ""
+    """Scheduled runs only look at resources with this run tag (test data on a shared
+    server, such as the public sandbox); empty: the whole server."""
 
     def __post_init__(self) -> None:
         if len(self.schedule.split()) != 5:
@@ -155,4 +158,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         schedule=env.get("FHIR_MATCH_SCHEDULE") or DEFAULT_SCHEDULE,
         full_every_days=_number(env, "FHIR_MATCH_FULL_EVERY_DAYS", DEFAULT_FULL_EVERY_DAYS),
         queue=env.get("FHIR_MATCH_QUEUE") or "celery",
+        tag=env.get("FHIR_MATCH_TAG", ""),
     )

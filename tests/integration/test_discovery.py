@@ -204,11 +204,12 @@ def test_a_batch_task_run_twice_changes_nothing_the_second_time(
 def test_two_runs_of_a_study_never_overlap(
     redis_client: redis.Redis, celery_worker: WorkerProcess, population: Population
 ) -> None:
-    assert runs.acquire_lock(redis_client, STUDY, "another-run")
+    scope = f"{STUDY}:{population.tag}"  # a tagged population is locked on its own
+    assert runs.acquire_lock(redis_client, scope, "another-run")
     try:
         run = run_discovery(redis_client, celery_worker, population)
     finally:
-        runs.release_lock(redis_client, STUDY, "another-run")
+        runs.release_lock(redis_client, scope, "another-run")
 
     assert run["state"] == "skipped"
     assert "another-run" in run["reason"]

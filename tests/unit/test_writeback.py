@@ -199,6 +199,6 @@ def test_the_beat_schedule_runs_every_study_nightly() -> None:
     schedule = beat_schedule(Settings())
     entry = schedule["discover-kn5501"]
     assert entry["task"] == "worker.tasks.discover"
-    assert entry["kwargs"] == {"study_id": "kn5501", "mode": "auto"}
+    assert entry["kwargs"] == {"study_id": "kn5501", "mode": "auto", "tag": ""}
     assert entry["schedule"].hour == {2}
     assert entry["schedule"].minute == {0}
