@@ -14,6 +14,7 @@ study's 117 codes). Normalising drops the Observations no rule reads before the 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from fhir_match.fhir import FhirClient, Search
@@ -62,6 +63,11 @@ class RecordSearch:
         elements = f"{self.patient_element},identifier"
         return search.where("_elements", elements).count(PAGE_SIZE)
 
+
+SEARCHES_IN_FLIGHT = 4
+"""A batch's searches (one per resource type) run side by side: the server answers them in
+parallel, and one slow type (Observations, the bulk of a record) no longer holds up the
+others. Four keeps a shared server's load modest."""
 
 _PATIENT_SEARCH = {
     "Patient": ("_id", "id"),
@@ -140,9 +146,10 @@ def fetch_records(
     """
     wanted = set(patients)
     resources: dict[str, Json] = {}
-    for chunk in patient_chunks(patients):
-        for record_search in searches:
-            for resource in _resources(client, record_search.search(chunk)):
+    jobs = [s.search(chunk) for chunk in patient_chunks(patients) for s in searches]
+    with ThreadPoolExecutor(SEARCHES_IN_FLIGHT) as pool:
+        for page_set in pool.map(lambda search: list(_resources(client, search)), jobs):
+            for resource in page_set:
                 key = f"{resource['resourceType']}/{resource.get('id')}"
                 resources.setdefault(key, resource)
     records = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
@@ -35,7 +36,8 @@ JsonObject = dict[str, Any]
 
 
 class FhirClient:
-    """One server, one connection pool; close it (or use ``with``) when done.
+    """One server, one connection pool; close it (or use ``with``) when done. Safe to share
+    between threads (searches of one batch run side by side).
 
     Every method returns parsed fhir.resources models except :meth:`pages`, which yields
     raw Bundle JSON for callers that stream large result sets and must survive a single
@@ -54,6 +56,7 @@ class FhirClient:
         self._sleep = sleep
         self.requests = 0
         """HTTP requests sent so far, retries included: what a run costs the server."""
+        self._counting = threading.Lock()
         self._http = httpx.Client(
             auth=auth_for(settings),
             timeout=httpx.Timeout(settings.timeout_s),
@@ -63,7 +66,8 @@ class FhirClient:
         )
 
     def _count(self, _: httpx.Request) -> None:
-        self.requests += 1
+        with self._counting:
+            self.requests += 1
 
     def __enter__(self) -> Self:
         return self
