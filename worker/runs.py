@@ -84,8 +84,8 @@ def load_run(client: redis.Redis, run_id: str) -> dict[str, Any] | None:
     totals: dict[str, Any] = {"batches_done": len(reports), "outcomes": {}, "failures": []}
     for report in reports:
         for name, value in report.items():
-            if isinstance(value, int):
-                totals[name] = totals.get(name, 0) + value
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                totals[name] = round(totals.get(name, 0) + value, 3)
         for outcome, count in (report.get("outcomes") or {}).items():
             totals["outcomes"][outcome] = totals["outcomes"].get(outcome, 0) + count
         totals["failures"] += report.get("failures") or []

@@ -25,6 +25,7 @@ from celery.signals import worker_process_shutdown
 from fhir_match.config import PROJECT_DIR, Settings, load_settings
 from fhir_match.discovery import (
     PATIENTS_PER_BATCH,
+    BatchReport,
     bulk_screen,
     ensure_study,
     find_patients,
@@ -105,6 +106,15 @@ def check_fhir_server(base_url: str | None = None) -> dict[str, Any]:
         return describe_server(client)
 
 
+MIN_BATCHES = 4
+"""A small cohort is still split this many ways, so the workers' processes fetch and
+evaluate side by side instead of one of them doing it all."""
+
+
+def _batch_size(cohort: int) -> int:
+    return max(1, min(PATIENTS_PER_BATCH, -(-cohort // MIN_BATCHES)))
+
+
 def _full(settings: Settings, last: dict[str, Any] | None, mode: str) -> bool:
     if mode != "auto":
         return mode == "full"
@@ -167,9 +177,8 @@ def discover(
             study_ref = ensure_study(client, setup.study, tag)
             cohort = find_patients(client, setup, tag)
             cohort_requests = client.requests
-        batches = [
-            cohort[i : i + PATIENTS_PER_BATCH] for i in range(0, len(cohort), PATIENTS_PER_BATCH)
-        ]
+        size = _batch_size(len(cohort))
+        batches = [cohort[i : i + size] for i in range(0, len(cohort), size)]
         runs.save_run(
             store,
             run_id,
@@ -265,6 +274,13 @@ def _bulk(store: redis.Redis, run_id: str, cohort: list[str]) -> None:
     engine = _engine(run["study"], run["as_of"])
     folder = PROJECT_DIR / "var" / "runs" / run_id
     batches = iter(range(len(cohort) + 1))
+    batch_requests = 0
+
+    def record(report: BatchReport) -> None:
+        nonlocal batch_requests
+        batch_requests += report.requests
+        runs.record_batch(store, run_id, next(batches), report.as_json())
+
     try:
         with FhirClient(_settings(run["base_url"]).fhir) as client:
             total = bulk_screen(
@@ -275,9 +291,10 @@ def _bulk(store: redis.Redis, run_id: str, cohort: list[str]) -> None:
                 run["study_ref"],
                 info,
                 folder,
-                lambda report: runs.record_batch(store, run_id, next(batches), report.as_json()),
+                record,
             )
-        runs.save_run(store, run_id, bulk_requests=total.requests)
+        # the export's own requests; the batches' are in their reports
+        runs.save_run(store, run_id, bulk_requests=total.requests - batch_requests)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

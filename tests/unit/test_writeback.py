@@ -8,7 +8,6 @@ from fhir_match.cohort import cohort_searches
 from fhir_match.discovery import study_setup
 from fhir_match.evaluate.study import load_study
 from fhir_match.fetch import patient_chunks, record_searches
-from fhir_match.fhir.client import _repeatable
 from fhir_match.records import CriterionResult, PatientEvaluation
 from fhir_match.writeback import (
     EXT_MATCH,
@@ -181,16 +180,6 @@ def test_patients_are_chunked_to_fit_a_url() -> None:
     chunks = list(patient_chunks(patients, budget=1000))
     assert [p for chunk in chunks for p in chunk] == patients
     assert all(sum(len(p) + 3 for p in chunk) <= 1000 for chunk in chunks)
-
-
-def test_only_bundles_safe_to_send_twice_are_retried_after_a_timeout() -> None:
-    def bundle(*requests: dict[str, str]) -> dict[str, Any]:
-        return {"entry": [{"request": r} for r in requests]}
-
-    assert _repeatable(bundle({"method": "PUT", "url": "Patient/1"}))
-    assert _repeatable(bundle({"method": "POST", "url": "X", "ifNoneExist": "identifier=a|b"}))
-    assert not _repeatable(bundle({"method": "POST", "url": "Provenance"}))
-    assert not _repeatable(bundle({"method": "PUT", "url": "X/1", "ifMatch": 'W/"1"'}))
 
 
 def test_the_beat_schedule_runs_every_study_nightly() -> None:

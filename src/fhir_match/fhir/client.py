@@ -19,7 +19,6 @@ from fhir_match.fhir.auth import auth_for
 from fhir_match.fhir.models import Resource, parse_resource, to_json
 from fhir_match.fhir.search import Search
 from fhir_match.fhir.transport import (
-    REPEATABLE,
     RetryPolicy,
     error_for,
     public_url,
@@ -91,7 +90,6 @@ class FhirClient:
         params: Sequence[tuple[str, str]] | None = None,
         body: JsonObject | None = None,
         headers: dict[str, str] | None = None,
-        repeatable: bool = False,
     ) -> httpx.Response:
         request = self._http.build_request(
             method,
@@ -102,7 +100,6 @@ class FhirClient:
                 **({"Content-Type": FHIR_JSON} if body is not None else {}),
                 **(headers or {}),
             },
-            extensions={REPEATABLE: True} if repeatable else None,
         )
         return send(self._http, request, self._policy, self._sleep)
 
@@ -176,13 +173,7 @@ class FhirClient:
         data = bundle if isinstance(bundle, dict) else to_json(bundle)
         if data.get("resourceType") != "Bundle" or data.get("type") != kind:
             raise ValueError(f"expected a Bundle of type {kind!r}")
-        repeatable = _repeatable(data)
-        # HAPI FHIR retries a version conflict itself when asked (a repeated PUT that meets
-        # the first attempt still creating the same id); other servers ignore the header.
-        headers = {"X-Retry-On-Version-Conflict": "retry; max-retries=10"} if repeatable else {}
-        response = self._send(
-            "POST", self.base_url, body=data, headers=headers, repeatable=repeatable
-        )
+        response = self._send("POST", self.base_url, body=data)
         result = self._resource(response)
         if not isinstance(result, Bundle):
             raise FatalFhirError("POST", self.base_url, response.status_code, "not a Bundle")
@@ -265,21 +256,6 @@ class FhirClient:
     def _refuse_off_server(self, method: str, url: str) -> None:
         if not _under(url, self.base_url):
             raise FatalFhirError(method, url, None, f"URL leaves the base URL {self.base_url}")
-
-
-def _repeatable(bundle: JsonObject) -> bool:
-    """Whether sending the bundle twice does what sending it once does: only reads, PUTs,
-    DELETEs and conditional creates (a timed-out one may then be sent again)."""
-    for entry in bundle.get("entry") or []:
-        request = entry.get("request") or {}
-        method = request.get("method")
-        if method not in ("GET", "HEAD", "PUT", "DELETE") and not (
-            method == "POST" and request.get("ifNoneExist")
-        ):
-            return False
-        if method == "PUT" and request.get("ifMatch"):
-            return False  # the second one fails on the version the first one made
-    return True
 
 
 def _next_link(page: JsonObject) -> str | None:

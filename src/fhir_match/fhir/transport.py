@@ -19,7 +19,6 @@ import httpx
 from fhir_match.errors import FatalFhirError, FhirError, TransientFhirError
 
 __all__ = [
-    "REPEATABLE",
     "RetryPolicy",
     "error_for",
     "outcome_text",
@@ -126,16 +125,8 @@ def transport_errors(request: httpx.Request) -> Iterator[None]:
         ) from exc
 
 
-REPEATABLE = "fhir_match.repeatable"
-"""Request extension: the client vouches that this POST (a bundle) is safe to send again."""
-
-
 def _idempotent(request: httpx.Request) -> bool:
-    return (
-        request.method in ("GET", "HEAD", "PUT", "DELETE")
-        or "If-None-Exist" in request.headers
-        or bool(request.extensions.get(REPEATABLE))
-    )
+    return request.method in ("GET", "HEAD", "PUT", "DELETE") or "If-None-Exist" in request.headers
 
 
 def _delay(attempt: int, response: httpx.Response | None) -> float:
