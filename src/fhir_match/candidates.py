@@ -8,6 +8,7 @@ from fhir_match.discovery import read_subjects
 from fhir_match.evaluate.study import Study
 from fhir_match.fhir import FhirClient
 from fhir_match.records import CriterionResult, Json
+from fhir_match.screen import criterion_json
 from fhir_match.writeback import LISTED, criteria_of, match_of, study_search
 
 __all__ = ["Candidate", "candidate_json", "candidate_text", "current_candidates"]
@@ -61,16 +62,7 @@ def candidate_json(candidate: Candidate, study: Study) -> dict[str, object]:
         "outcome": candidate.outcome,
         "subject": candidate.subject,
         "status": candidate.status,
-        "criteria": [
-            {
-                "id": c.id,
-                "kind": c.kind,
-                "result": c.result,
-                "summary": c.summary,
-                "evidence": list(c.evidence),
-            }
-            for c in candidate.criteria
-        ],
+        "criteria": [criterion_json(c) for c in candidate.criteria],
     }
 
 

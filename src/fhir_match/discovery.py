@@ -303,46 +303,34 @@ def _write(
     evaluations: Mapping[str, PatientEvaluation | None],
     existing: dict[str, Json],
 ) -> WriteSummary:
-    def plan(subjects: dict[str, Json]) -> list[Change]:
+    def plan(patients: Sequence[str], subjects: dict[str, Json]) -> list[Change]:
         return [
             change
-            for patient, evaluation in evaluations.items()
+            for patient in patients
             if (
                 change := plan_change(
-                    setup.study, study_ref, patient, evaluation, subjects.get(patient), run
+                    setup.study,
+                    study_ref,
+                    patient,
+                    evaluations[patient],
+                    subjects.get(patient),
+                    run,
                 )
             )
         ]
 
-    written = apply_changes(client, plan(existing), run.tag)
-    if written.conflicts:
-        again = {p: evaluations[p] for p in written.conflicts}
+    written = apply_changes(client, plan(list(evaluations), existing), run.tag)
+    conflicts, written.conflicts = written.conflicts, []
+    if conflicts:  # re-read in one request, planned again once
         retry = apply_changes(
-            client,
-            [
-                change
-                for patient, evaluation in again.items()
-                if (
-                    change := plan_change(
-                        setup.study,
-                        study_ref,
-                        patient,
-                        evaluation,
-                        _subjects_of(client, setup.study, [patient]).get(patient),
-                        run,
-                    )
-                )
-            ],
-            run.tag,
+            client, plan(conflicts, _subjects_of(client, setup.study, conflicts)), run.tag
         )
-        written.conflicts = []
-        written.created += retry.created
-        written.updated += retry.updated
-        written.failed += retry.failed
+        written.add(retry)
         written.failed += [
             DataIssue(p, "changed by someone else while being written; the next run retries")
-            for p in retry.conflicts
+            for p in written.conflicts
         ]
+        written.conflicts = []
     return written
 
 

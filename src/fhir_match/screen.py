@@ -24,7 +24,7 @@ from fhir_match.evaluate.study import Study
 from fhir_match.files import fhir_files, read_resources
 from fhir_match.grouping import group_by_patient
 from fhir_match.normalise import Normaliser
-from fhir_match.records import DataIssue, PatientEvaluation, PatientRecord
+from fhir_match.records import CriterionResult, DataIssue, PatientEvaluation, PatientRecord
 from fhir_match.terminology import Terminology, load_terminology
 from fhir_match.units import load_unit_map
 
@@ -32,6 +32,7 @@ __all__ = [
     "BATCH_SIZE",
     "MAPPINGS_DIR",
     "ScreenSummary",
+    "criterion_json",
     "evaluation_json",
     "load_normaliser",
     "screen",
@@ -129,6 +130,17 @@ def study_engine(study: Study, normaliser: Normaliser, as_of: date) -> NodeCqlEn
     )
 
 
+def criterion_json(result: CriterionResult) -> dict[str, object]:
+    """One criterion as the screening result format (criteria.md) writes it."""
+    return {
+        "id": result.id,
+        "kind": result.kind,
+        "result": result.result,
+        "summary": result.summary,
+        "evidence": list(result.evidence),
+    }
+
+
 def evaluation_json(evaluation: PatientEvaluation) -> dict[str, object]:
     """One line of the screening result format (criteria.md)."""
     return {
@@ -136,16 +148,7 @@ def evaluation_json(evaluation: PatientEvaluation) -> dict[str, object]:
         "study": evaluation.study,
         "as_of": evaluation.as_of,
         "outcome": evaluation.outcome,
-        "criteria": [
-            {
-                "id": r.id,
-                "kind": r.kind,
-                "result": r.result,
-                "summary": r.summary,
-                "evidence": list(r.evidence),
-            }
-            for r in evaluation.criteria
-        ],
+        "criteria": [criterion_json(r) for r in evaluation.criteria],
     }
 
 

@@ -27,7 +27,7 @@ from fhir_match.discovery import study_setup
 from fhir_match.evaluate.study import load_study
 from fhir_match.fhir import FhirClient, Search
 from fhir_match.fhir.models import parse_resource, to_json
-from fhir_match.screen import screen, study_engine
+from fhir_match.screen import criterion_json, screen, study_engine
 from fhir_match.seed import remove_tagged, seed
 from fhir_match.synth.generate import generate
 from fhir_match.tagging import TAG_SYSTEM, tag_token
@@ -152,16 +152,7 @@ def test_the_live_path_agrees_with_screen_on_the_same_data(
     assert set(live) == set(screened)
     for patient, candidate in live.items():
         assert candidate.outcome == screened[patient]["outcome"]
-        assert [
-            {
-                "id": c.id,
-                "kind": c.kind,
-                "result": c.result,
-                "summary": c.summary,
-                "evidence": list(c.evidence),
-            }
-            for c in candidate.criteria
-        ] == screened[patient]["criteria"]
+        assert [criterion_json(c) for c in candidate.criteria] == screened[patient]["criteria"]
 
 
 def test_a_second_run_writes_nothing_new(
