@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -151,6 +152,7 @@ def in_process(mode: str, tag: str) -> dict[str, Any]:
         study_setup,
     )
     from fhir_match.fetch import fetch_records
+    from fhir_match.funnel import Funnel
     from fhir_match.records import DataIssue
     from fhir_match.screen import study_engine
     from fhir_match.writeback import RunInfo
@@ -179,12 +181,19 @@ def in_process(mode: str, tag: str) -> dict[str, Any]:
                 study_ref = ensure_study(client, setup.study, tag)
                 cohort = find_patients(client, setup, tag)
                 found = time.perf_counter()
+                removed: Counter[str] = Counter()
+                outcomes: Counter[str] = Counter()
+                evaluated = 0
                 for i in range(0, len(cohort), per_batch):
                     chunk = cohort[i : i + per_batch]
                     report = screen_batch(client, setup, engine, chunk, study_ref, run)
                     issues += report.failures + report.written.failed
                     written += report.written.created + report.written.updated
-                finish = finish_run(client, setup, study_ref, run, set(cohort))
+                    removed += report.removed
+                    outcomes += report.outcomes
+                    evaluated += report.evaluated
+                funnel = Funnel.of(setup.study, removed, outcomes, len(cohort) - evaluated)
+                finish = finish_run(client, setup, study_ref, run, set(cohort), funnel)
                 written += finish.left_cohort.updated
                 seconds = time.perf_counter() - started
                 engine_peak = sum(_tree_mb(child) for child in _children(os.getpid()))

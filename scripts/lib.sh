@@ -10,7 +10,9 @@ mkdir -p "$VAR/run" "$VAR/log"
 : "${FHIR_BASE_URL:=http://127.0.0.1:$FHIR_PORT/fhir}"
 : "${REDIS_PORT:=6379}"
 : "${REDIS_URL:=redis://127.0.0.1:$REDIS_PORT/0}"
-export FHIR_PORT FHIR_BASE_URL REDIS_PORT REDIS_URL
+: "${KEYCLOAK_PORT:=8180}"
+: "${KEYCLOAK_URL:=http://127.0.0.1:$KEYCLOAK_PORT}"
+export FHIR_PORT FHIR_BASE_URL REDIS_PORT REDIS_URL KEYCLOAK_PORT KEYCLOAK_URL
 
 say() { printf '[%s] %s\n' "$(basename "$0")" "$*"; }
 

@@ -7,19 +7,25 @@ batch stores its own report under its number, so a batch that runs twice counts 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any, cast
 
 import redis
 
+from fhir_match.evaluate.study import Study
+from fhir_match.funnel import Funnel
+
 __all__ = [
     "LOCK_TTL_S",
     "acquire_lock",
+    "batch_totals",
     "last_run",
     "load_run",
     "lock_holder",
     "record_batch",
     "release_lock",
     "remember_last_run",
+    "run_funnel",
     "save_run",
 ]
 
@@ -27,6 +33,8 @@ PREFIX = "fhir-match"
 LOCK_TTL_S = 6 * 3600
 """A run that never finishes (its worker killed) frees its study after this long."""
 RUN_TTL_S = 90 * 24 * 3600
+_BY_NAME = ("outcomes", "removed")
+"""Batch report fields that count by name (outcome, criterion): summed name by name."""
 
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
@@ -80,17 +88,39 @@ def load_run(client: redis.Redis, run_id: str) -> dict[str, Any] | None:
         return None
     run = {k.decode(): json.loads(v) for k, v in raw.items()}
     batches = cast(dict[bytes, bytes], client.hgetall(f"{_run(run_id)}:batches"))
-    reports = [json.loads(v) for v in batches.values()]
-    totals: dict[str, Any] = {"batches_done": len(reports), "outcomes": {}, "failures": []}
+    run["batches"] = batch_totals(json.loads(v) for v in batches.values())
+    return run
+
+
+def batch_totals(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The batches' reports summed: every batch counts other patients, so counts add."""
+    totals: dict[str, Any] = {"batches_done": 0, "failures": [], **{n: {} for n in _BY_NAME}}
     for report in reports:
+        totals["batches_done"] += 1
         for name, value in report.items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 totals[name] = round(totals.get(name, 0) + value, 3)
-        for outcome, count in (report.get("outcomes") or {}).items():
-            totals["outcomes"][outcome] = totals["outcomes"].get(outcome, 0) + count
+        for name in _BY_NAME:
+            for key, count in (report.get(name) or {}).items():
+                totals[name][key] = totals[name].get(key, 0) + count
         totals["failures"] += report.get("failures") or []
-    run["batches"] = totals
-    return run
+    return totals
+
+
+def run_funnel(run: dict[str, Any], study: Study) -> Funnel:
+    """A run's funnel from its record (batches summed). Its patients are the cohort; in an
+    incremental run only those whose record changed (the others were not re-evaluated).
+    Those the run did not evaluate (no longer on the server, a failed batch, an engine
+    failure) are counted as not evaluated."""
+    batches = run["batches"]
+    found = run["cohort"] - (0 if run["full"] else batches.get("unchanged", 0))
+    return Funnel.of(
+        study,
+        batches["removed"],
+        batches["outcomes"],
+        not_evaluated=found - batches.get("evaluated", 0),
+        scope="full" if run["full"] else "incremental",
+    )
 
 
 def remember_last_run(client: redis.Redis, scope: str, run: dict[str, Any]) -> None:

@@ -4,8 +4,8 @@ A discovery run is three kinds of task:
 ``discover`` takes the study's lock, finds the cohort and fans it out in batches;
 ``screen_patients`` fetches, evaluates and writes back one batch (patient ids in, counts
 out); ``finish_discovery``, the chord's callback, unlists whom a full run no longer finds,
-writes the run's Group and releases the lock. Every task is idempotent, so a redelivered
-task (``acks_late``) changes nothing the second time.
+writes the run's Group with the run's funnel and releases the lock. Every task is
+idempotent, so a redelivered task (``acks_late``) changes nothing the second time.
 """
 
 from __future__ import annotations
@@ -261,7 +261,8 @@ def screen_patients(self: Task, run_id: str, batch: int, patients: Sequence[str]
     max_retries=TASK_RETRIES,
 )
 def finish_discovery(self: Task, results: list[dict[str, Any]], run_id: str) -> dict[str, Any]:
-    """Unlist whom a full run no longer finds, write the run's Group, release the lock."""
+    """Unlist whom a full run no longer finds, write the run's Group (with its funnel),
+    release the lock."""
     return _finish(_redis(load_settings()), run_id)
 
 
@@ -312,8 +313,10 @@ def _finish(store: redis.Redis, run_id: str) -> dict[str, Any]:
         members = store.smembers(f"{runs.PREFIX}:run:{run_id}:cohort")
         cohort = {m.decode() for m in members}  # type: ignore[union-attr]
     try:
+        setup = study_setup(run["study"])
+        funnel = runs.run_funnel(run, setup.study)
         with FhirClient(settings.fhir) as client:
-            report = finish_run(client, study_setup(run["study"]), run["study_ref"], info, cohort)
+            report = finish_run(client, setup, run["study_ref"], info, cohort, funnel)
             finish_requests = client.requests
     except TransientFhirError:
         raise
@@ -321,7 +324,7 @@ def _finish(store: redis.Redis, run_id: str) -> dict[str, Any]:
         runs.save_run(store, run_id, state="failed", finished=_now(), error=_error(exc))
         runs.release_lock(store, _scope(run["study"], run["tag"]), run_id)
         raise
-    batches = runs.load_run(store, run_id)["batches"]  # type: ignore[index]
+    batches = run["batches"]
     clean = not batches["failures"] and not batches.get("failed_batches")
     runs.save_run(
         store,
@@ -330,6 +333,7 @@ def _finish(store: redis.Redis, run_id: str) -> dict[str, Any]:
         finished=_now(),
         finish_requests=finish_requests,
         result=report.as_json(),
+        funnel=funnel.as_json(),
     )
     if clean and not report.left_cohort.failed:
         runs.remember_last_run(

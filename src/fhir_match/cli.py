@@ -103,6 +103,8 @@ def cmd_screen(args: argparse.Namespace) -> int:
         if output is not sys.stdout:
             output.close()
     print(summary.report(), file=sys.stderr)
+    if args.summary:
+        args.summary.write_text(json.dumps(summary.as_json(), indent=2) + "\n", encoding="utf-8")
     return EXIT_OK if summary.complete else EXIT_FAILURE
 
 
@@ -238,6 +240,21 @@ def cmd_candidates(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_review(args: argparse.Namespace) -> int:
+    """Serve the coordinators' review app (SMART on FHIR; without sign-in on loopback)."""
+    import uvicorn
+
+    from fhir_match.review.app import create_app
+    from fhir_match.review.config import load_review_settings
+
+    settings = load_review_settings(host=args.host, port=args.port)
+    app = create_app(settings)
+    print(f"review app at {settings.base}/ for {settings.fhir_base_url}", file=sys.stderr)
+    # No access log: request lines carry patient ids and, on /callback, the one-time code.
+    uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_level="warning")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fhir-match",
@@ -266,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--as-of", type=_date, default=date.today(), help="screening date (default: today)"
     )
     screen.add_argument("--output", type=Path, help="write the NDJSON here (default: stdout)")
+    screen.add_argument(
+        "--summary", type=Path, help="also write the summary (counts, funnel) here as JSON"
+    )
     screen.set_defaults(run=cmd_screen)
 
     synth = commands.add_parser("synth", help=cmd_synth.__doc__)
@@ -328,6 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     candidates.add_argument("--fhir-url", help="FHIR base URL (default: $FHIR_BASE_URL)")
     candidates.add_argument("--format", choices=("text", "ndjson"), default="text")
     candidates.set_defaults(run=cmd_candidates)
+
+    review = commands.add_parser("review", help=cmd_review.__doc__)
+    review.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
+    review.add_argument("--port", type=int, help="port (default: $FHIR_MATCH_REVIEW_PORT or 8765)")
+    review.set_defaults(run=cmd_review)
     return parser
 
 

@@ -31,6 +31,7 @@ from fhir_match.fhir import FhirClient, Search
 from fhir_match.fhir.bulk import export
 from fhir_match.fhir.models import parse_resource
 from fhir_match.files import map_references, read_resources
+from fhir_match.funnel import Funnel, removals
 from fhir_match.grouping import group_by_patient
 from fhir_match.normalise import Normaliser
 from fhir_match.records import DataIssue, Json, PatientEvaluation, PatientRecord
@@ -122,6 +123,8 @@ class BatchReport:
     """Patients an incremental run skipped: nothing in their record changed."""
     evaluated: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
+    removed: Counter[str] = field(default_factory=Counter)
+    """Patients removed, by the first criterion that rules them out: the run's funnel."""
     written: WriteSummary = field(default_factory=WriteSummary)
     failures: list[DataIssue] = field(default_factory=list)
     unused: int = 0
@@ -133,6 +136,7 @@ class BatchReport:
             "unchanged": self.unchanged,
             "evaluated": self.evaluated,
             "outcomes": dict(self.outcomes),
+            "removed": dict(self.removed),
             "created": self.written.created,
             "updated": self.written.updated,
             "failures": [str(f) for f in self.failures + self.written.failed],
@@ -199,6 +203,7 @@ def _evaluate_and_write(
     result = evaluate_batch(records, study, date.fromisoformat(run.as_of), setup.normaliser, engine)
     report.evaluated += len(result.evaluations)
     report.outcomes.update(e.outcome for e in result.evaluations)
+    report.removed.update(removals(result.evaluations))
     report.failures.extend(result.failures)
     report.unused += len(result.issues)
     existing = _our_subjects([r for record in records for r in record.resources], study)
@@ -250,6 +255,7 @@ def bulk_screen(
         on_batch(report)
         total.evaluated += report.evaluated
         total.outcomes += report.outcomes
+        total.removed += report.removed
         total.failures += report.failures
         total.unused += report.unused
         total.written.add(report.written)
@@ -372,8 +378,10 @@ def finish_run(
     study_ref: str,
     run: RunInfo,
     cohort: set[str] | None,
+    funnel: Funnel,
 ) -> FinishReport:
-    """After every batch: unlist whom a full run no longer finds, and record the snapshot.
+    """After every batch: unlist whom a full run no longer finds, and record the snapshot
+    with the run's ``funnel`` (its batches' counts summed).
 
     ``cohort`` is the full run's cohort; None for an incremental run, whose batches have
     already re-evaluated everyone whose record changed.
@@ -402,7 +410,7 @@ def finish_run(
     )
     report.listed = len(members)
     report.outcomes.update(outcome for _, outcome in members)
-    group = parse_resource(snapshot_group(setup.study, study_ref, run, members))
+    group = parse_resource(snapshot_group(setup.study, study_ref, run, members, funnel))
     created = client.create(group, if_none_exist=f"identifier={RUN_SYSTEM}|{run.run_id}")
     report.group = f"Group/{created.id}"
     return report

@@ -22,6 +22,7 @@ from fhir_match.evaluate.engine import CqlEvaluator, NodeCqlEngine, value_sets_u
 from fhir_match.evaluate.evaluator import evaluate_batch
 from fhir_match.evaluate.study import Study
 from fhir_match.files import fhir_files, read_resources
+from fhir_match.funnel import Funnel, removed_by
 from fhir_match.grouping import group_by_patient
 from fhir_match.normalise import Normaliser
 from fhir_match.records import CriterionResult, DataIssue, PatientEvaluation, PatientRecord
@@ -49,9 +50,12 @@ BATCH_SIZE = 100
 class ScreenSummary:
     """What a run did: counts a coordinator can check against the output."""
 
+    study: Study
     patients: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
     criteria: dict[str, Counter[str]] = field(default_factory=dict)
+    removed: Counter[str] = field(default_factory=Counter)
+    """Patients removed, by the first criterion that rules them out (see funnel.py)."""
     skipped: list[DataIssue] = field(default_factory=list)
     """Files, lines or entries that could not be read."""
     unused: list[DataIssue] = field(default_factory=list)
@@ -70,6 +74,13 @@ class ScreenSummary:
         self.outcomes[evaluation.outcome] += 1
         for result in evaluation.criteria:
             self.criteria.setdefault(result.id, Counter())[result.result] += 1
+        if (criterion := removed_by(evaluation)) is not None:
+            self.removed[criterion] += 1
+
+    @property
+    def funnel(self) -> Funnel:
+        """Every patient read, counted once: removed by a criterion, listed, or not evaluated."""
+        return Funnel.of(self.study, self.removed, self.outcomes, len(self.failures))
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -80,6 +91,7 @@ class ScreenSummary:
             "unused": len(self.unused),
             "failures": len(self.failures),
             "seconds": round(self.seconds, 3),
+            "funnel": self.funnel.as_json(),
         }
 
     def report(self, show: int = 20) -> str:
@@ -98,6 +110,7 @@ class ScreenSummary:
                 f"  {cid:7} {counts.get('met', 0):6} {counts.get('not-met', 0):8} "
                 f"{counts.get('unknown', 0):8}"
             )
+        lines.append(self.funnel.text())
         sections = (
             ("patients not evaluated", self.failures),
             ("input skipped", self.skipped),
@@ -169,7 +182,7 @@ def screen(
 ) -> ScreenSummary:
     """Screen every patient in ``inputs`` and write one JSON line per patient to ``output``."""
     started = time.perf_counter()
-    summary = ScreenSummary()
+    summary = ScreenSummary(study)
     paths = [p for path in inputs for p in fhir_files(path)]
     resources = read_resources(paths, summary.skipped.append)
     for batch in _batches(group_by_patient(resources), BATCH_SIZE):

@@ -7,7 +7,8 @@
 - what decided each criterion: on the subject, one ``criterion-result`` extension per
   criterion (result, readable summary, evidence references), and a Provenance per change
   whose entities are the deciding resources, each labelled with the criteria it decided;
-- each run: a Group (actual) holding the list as it stood after the run.
+- each run: a Group (actual) holding the list as it stood after the run, and the run's
+  attrition funnel (:mod:`fhir_match.funnel`).
 
 Statuses belong to the coordinator once they change them. The subject records the status
 fhir-match last set (``candidate-match.status``); when the subject's status differs, a
@@ -29,11 +30,13 @@ from fhir_match import __version__
 from fhir_match.errors import FatalFhirError
 from fhir_match.evaluate.study import Study
 from fhir_match.fhir import FhirClient, Search
+from fhir_match.funnel import Funnel
 from fhir_match.records import CriterionResult, DataIssue, Json, PatientEvaluation
 from fhir_match.tagging import tagged
 
 __all__ = [
     "EXT_CRITERION",
+    "EXT_FUNNEL",
     "EXT_MATCH",
     "LISTED",
     "NO_LONGER_MATCHING",
@@ -44,6 +47,7 @@ __all__ = [
     "WriteSummary",
     "apply_changes",
     "criteria_of",
+    "funnel_of",
     "is_ours",
     "match_of",
     "plan_change",
@@ -64,6 +68,12 @@ EXT_STUDY = STRUCTURE + "candidate-list-study"
 """On the run's Group: the ResearchStudy the list is for."""
 EXT_OUTCOME = STRUCTURE + "candidate-outcome"
 """On Group.member: the member's outcome in that run."""
+EXT_FUNNEL = STRUCTURE + "screening-funnel"
+"""On the run's Group: the run's attrition funnel, so a page can show it from FHIR alone.
+Parts, in this order: scope (valueCode ``full``, or ``incremental``: only the patients the
+run re-evaluated), found, evaluated, notEvaluated (valueInteger), one ``removed`` per
+criterion in the study's order (itself complex: criterion valueCode, count valueInteger),
+candidate, potentialCandidate (valueInteger)."""
 SUBJECT_SYSTEM = "https://fhir-match.org/fhir/NamingSystem/research-subject"
 RUN_SYSTEM = "https://fhir-match.org/fhir/NamingSystem/discovery-run"
 LISTED = ("candidate", "potential-candidate")
@@ -378,14 +388,62 @@ def apply_changes(client: FhirClient, changes: Sequence[Change], tag: str = "") 
 # -- the run's snapshot -------------------------------------------------------------------
 
 
+def _integer(name: str, value: int) -> Json:
+    return {"url": name, "valueInteger": value}
+
+
+def _funnel_extension(funnel: Funnel) -> Json:
+    removed = [
+        {
+            "url": "removed",
+            "extension": [{"url": "criterion", "valueCode": c}, _integer("count", n)],
+        }
+        for c, n in funnel.removed
+    ]
+    parts = [
+        {"url": "scope", "valueCode": funnel.scope},
+        _integer("found", funnel.found),
+        _integer("evaluated", funnel.evaluated),
+        _integer("notEvaluated", funnel.not_evaluated),
+        *removed,
+        _integer("candidate", funnel.candidates),
+        _integer("potentialCandidate", funnel.potential_candidates),
+    ]
+    return {"url": EXT_FUNNEL, "extension": parts}
+
+
+def funnel_of(group: Json) -> Funnel | None:
+    """The funnel a run recorded on its Group, or None when it has none. found and
+    evaluated are written for readers that do not add up; here they follow from the parts."""
+    extensions = _extension(group, EXT_FUNNEL)
+    if not extensions:
+        return None
+    parts = _parts(extensions[0])
+    steps = [_parts(p) for p in extensions[0].get("extension") or [] if p.get("url") == "removed"]
+    return Funnel(
+        removed=tuple((str(step["criterion"]), int(step["count"])) for step in steps),
+        candidates=int(parts.get("candidate") or 0),
+        potential_candidates=int(parts.get("potentialCandidate") or 0),
+        not_evaluated=int(parts.get("notEvaluated") or 0),
+        scope="incremental" if parts.get("scope") == "incremental" else "full",
+    )
+
+
 def snapshot_group(
-    study: Study, study_ref: str, run: RunInfo, members: Sequence[tuple[str, str]]
+    study: Study,
+    study_ref: str,
+    run: RunInfo,
+    members: Sequence[tuple[str, str]],
+    funnel: Funnel,
 ) -> Json:
-    """The list after a run as a Group: (patient, outcome) per member."""
+    """The list after a run as a Group: (patient, outcome) per member, and the run's funnel."""
     group = {
         "resourceType": "Group",
         "identifier": [{"system": RUN_SYSTEM, "value": run.run_id}],
-        "extension": [{"url": EXT_STUDY, "valueReference": {"reference": study_ref}}],
+        "extension": [
+            {"url": EXT_STUDY, "valueReference": {"reference": study_ref}},
+            _funnel_extension(funnel),
+        ],
         "type": "person",
         "actual": True,
         "name": f"{study.short_title}: candidate list as of {run.as_of} (run {run.run_id})",

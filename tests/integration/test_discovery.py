@@ -23,15 +23,19 @@ import pytest
 import redis
 
 from fhir_match.candidates import Candidate, current_candidates
-from fhir_match.discovery import study_setup
+from fhir_match.discovery import find_patients, study_setup
 from fhir_match.evaluate.study import load_study
 from fhir_match.fhir import FhirClient, Search
 from fhir_match.fhir.models import parse_resource, to_json
-from fhir_match.screen import criterion_json, screen, study_engine
+from fhir_match.files import fhir_files, read_resources
+from fhir_match.funnel import Funnel
+from fhir_match.grouping import patient_of
+from fhir_match.records import Json
+from fhir_match.screen import ScreenSummary, criterion_json, screen, study_engine
 from fhir_match.seed import remove_tagged, seed
 from fhir_match.synth.generate import generate
 from fhir_match.tagging import TAG_SYSTEM, tag_token
-from fhir_match.writeback import match_of
+from fhir_match.writeback import RUN_SYSTEM, funnel_of, match_of
 from worker import runs
 from worker.tasks import discover, screen_patients
 
@@ -96,6 +100,36 @@ def tagged_count(fhir: FhirClient, resource_type: str, tag: str) -> int:
     return fhir.total(Search(resource_type).where("_tag", tag_token(tag)))
 
 
+def run_group(fhir: FhirClient, run_id: str) -> Json:
+    """The snapshot a run wrote, found by its identifier."""
+    (group,) = fhir.search(Search("Group").where("identifier", f"{RUN_SYSTEM}|{run_id}"))
+    return to_json(group)
+
+
+def run_screen(folder: Path, output: Path) -> ScreenSummary:
+    """`fhir-match screen` on a folder, as of the runs' date."""
+    setup = study_setup(STUDY)
+    with (
+        study_engine(setup.study, setup.normaliser, date.fromisoformat(AS_OF)) as engine,
+        output.open("w") as out,
+    ):
+        return screen(
+            [folder], setup.study, date.fromisoformat(AS_OF), setup.normaliser, engine, out
+        )
+
+
+def only_patients(source: Path, patients: set[str], folder: Path) -> Path:
+    """The records of ``patients`` from ``source`` as one NDJSON file, shared resources
+    (Medication) kept."""
+    folder.mkdir()
+    with (folder / "records.ndjson").open("w") as out:
+        for resource in read_resources(fhir_files(source), lambda issue: None):
+            owner = patient_of(resource)
+            if owner is None or owner in patients:
+                out.write(json.dumps(resource, ensure_ascii=False) + "\n")
+    return folder
+
+
 def test_a_run_lists_the_expected_candidates_with_their_evidence(
     fhir: FhirClient,
     redis_client: redis.Redis,
@@ -128,20 +162,8 @@ def test_a_run_lists_the_expected_candidates_with_their_evidence(
 def test_the_live_path_agrees_with_screen_on_the_same_data(
     fhir: FhirClient, population: Population, tmp_path: Path
 ) -> None:
-    setup = study_setup(STUDY)
     output = tmp_path / "screen.ndjson"
-    with (
-        study_engine(setup.study, setup.normaliser, date.fromisoformat(AS_OF)) as engine,
-        output.open("w") as out,
-    ):
-        screen(
-            [population.folder / "fhir"],
-            setup.study,
-            date(2026, 6, 1),
-            setup.normaliser,
-            engine,
-            out,
-        )
+    run_screen(population.folder / "fhir", output)
     screened = {
         line["patient"]: line
         for line in map(json.loads, output.read_text().splitlines())
@@ -153,6 +175,41 @@ def test_the_live_path_agrees_with_screen_on_the_same_data(
     for patient, candidate in live.items():
         assert candidate.outcome == screened[patient]["outcome"]
         assert [criterion_json(c) for c in candidate.criteria] == screened[patient]["criteria"]
+
+
+def test_the_runs_funnel_on_its_group_equals_screens_on_the_same_patients(
+    fhir: FhirClient, redis_client: redis.Redis, population: Population, tmp_path: Path
+) -> None:
+    # The first test's run: its Group, and its record in Redis.
+    (group,) = map(to_json, fhir.search(Search("Group").where("_tag", tag_token(population.tag))))
+    run = runs.load_run(redis_client, group["identifier"][0]["value"])
+    funnel = funnel_of(group)
+    assert funnel is not None
+    assert run is not None
+    assert run["funnel"] == funnel.as_json()
+    assert funnel.scope == "full"
+    assert funnel.not_evaluated == 0
+    # A run reads only its cohort, the patients the study's discovery searches find.
+    cohort = set(find_patients(fhir, study_setup(STUDY), population.tag))
+    assert funnel.found == run["cohort"] == len(cohort)
+
+    summary = run_screen(
+        only_patients(population.folder / "fhir", cohort, tmp_path / "cohort"),
+        tmp_path / "screen.ndjson",
+    )
+
+    assert summary.patients == len(cohort)
+    assert summary.funnel == funnel
+    # Everyone outside the cohort is removed by inc-1 or inc-2 ("who discovery must find").
+    everyone = run_screen(population.folder / "fhir", tmp_path / "everyone.ndjson").funnel
+    outside = Funnel(
+        tuple((c, n - dict(funnel.removed)[c]) for c, n in everyone.removed),
+        everyone.candidates - funnel.candidates,
+        everyone.potential_candidates - funnel.potential_candidates,
+    )
+    assert outside.found == len(population.expected) - len(cohort)
+    assert {c for c, n in outside.removed if n} <= {"inc-1", "inc-2"}
+    assert (outside.candidates, outside.potential_candidates) == (0, 0)
 
 
 def test_a_second_run_writes_nothing_new(
@@ -257,6 +314,11 @@ def test_a_normal_newest_platelet_count_unlists_the_patient(
     assert run["state"] == "done"
     assert run["full"] is False
     assert run["since"]  # only records changed since the last run's start were fetched
+    funnel = funnel_of(run_group(fhir, run["run"]))
+    assert funnel is not None
+    assert funnel.scope == "incremental"  # counts only the patients it re-evaluated
+    assert funnel.found == run["cohort"] - run["batches"]["unchanged"]
+    assert dict(funnel.removed)["inc-3"] >= 1
     subject = to_json(fhir.read("ResearchSubject", chosen.subject.split("/")[1]))
     assert subject["status"] == "ineligible"  # marked, not deleted
     assert match_of(subject)["outcome"] == "ineligible"
@@ -303,3 +365,20 @@ def test_discover_and_candidates_commands(
     ours = {line["patient"] for line in lines} & set(population.expected)
     assert ours
     assert all(len(line["criteria"]) == 23 for line in lines)
+
+
+def test_a_bulk_run_records_the_same_funnel_as_a_search_run(
+    fhir: FhirClient,
+    redis_client: redis.Redis,
+    celery_worker: WorkerProcess,
+    population: Population,
+) -> None:
+    searched = run_discovery(redis_client, celery_worker, population)
+    bulk = run_discovery(redis_client, celery_worker, population, fetch="bulk")
+
+    assert bulk["state"] == "done", bulk
+    funnel = funnel_of(run_group(fhir, bulk["run"]))
+    assert funnel is not None
+    assert funnel.found == bulk["cohort"] > 0
+    assert funnel == funnel_of(run_group(fhir, searched["run"]))
+    assert bulk["funnel"] == searched["funnel"] == funnel.as_json()

@@ -24,6 +24,7 @@ TYPES = (
     "AllergyIntolerance",
     "ResearchSubject",
     "ResearchStudy",
+    "Practitioner",
 )
 
 

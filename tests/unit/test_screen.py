@@ -95,3 +95,14 @@ def test_a_missing_input_is_a_configuration_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as stopped:
         main(["screen", "--input", str(tmp_path / "nothing-here")])
     assert stopped.value.code == 2
+
+
+def test_the_summary_ends_with_the_funnel(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _screen(tmp_path, FIXTURES)
+    report = capsys.readouterr().err
+    assert "funnel (full): found 2, not evaluated 0, evaluated 2" in report
+    # no ITP: inc-2 and inc-7 are both not met, and the first one removes the patient
+    assert "rules them out: inc-2 1\n" in report
+    assert "left: candidate 1, potential-candidate 0" in report

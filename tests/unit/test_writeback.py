@@ -8,6 +8,7 @@ from fhir_match.cohort import cohort_searches
 from fhir_match.discovery import study_setup
 from fhir_match.evaluate.study import load_study
 from fhir_match.fetch import patient_chunks, record_searches
+from fhir_match.funnel import Funnel
 from fhir_match.records import CriterionResult, PatientEvaluation
 from fhir_match.writeback import (
     EXT_MATCH,
@@ -154,7 +155,9 @@ def test_other_extensions_on_the_subject_are_kept() -> None:
 def test_the_study_and_the_run_snapshot() -> None:
     study = study_resource(STUDY)
     assert study["identifier"] == [{"system": "https://clinicaltrials.gov", "value": "NCT06337474"}]
-    group = snapshot_group(STUDY, STUDY_REF, RUN, [(PATIENT, "candidate")])
+    group = snapshot_group(
+        STUDY, STUDY_REF, RUN, [(PATIENT, "candidate")], Funnel.of(STUDY, {}, {})
+    )
     assert group["actual"] is True
     assert group["quantity"] == 1
     assert group["member"][0]["entity"] == {"reference": PATIENT}

@@ -13,15 +13,18 @@ from collections.abc import Iterable
 from fhir_match.evaluate.study import Study
 from fhir_match.records import CriterionResult, Outcome
 
-__all__ = ["outcome"]
+__all__ = ["outcome", "rules_out"]
+
+
+def rules_out(result: CriterionResult) -> bool:
+    """An inclusion not met or an exclusion met: the patient is ineligible."""
+    return (result.kind, result.result) in (("inclusion", "not-met"), ("exclusion", "met"))
 
 
 def outcome(study: Study, results: Iterable[CriterionResult]) -> Outcome:
     undecided = False
     for result in results:
-        if (result.kind == "inclusion" and result.result == "not-met") or (
-            result.kind == "exclusion" and result.result == "met"
-        ):
+        if rules_out(result):
             return "ineligible"
         if result.result == "unknown" and not study.criterion(result.id).deferred:
             undecided = True

@@ -299,8 +299,19 @@ def _study(study: codes.Study) -> Json:
     }
 
 
+COORDINATOR = {
+    "resourceType": "Practitioner",
+    "id": "coordinator-1",
+    "active": True,
+    "name": [{"family": "Coordinator", "given": ["Casey"]}],
+    "telecom": [{"system": "email", "value": "coordinator@example.org"}],
+}
+"""The hospital's study coordinator: the ``fhirUser`` of the review app's local test user
+(scripts/keycloak-realm.json), whom a decision's Provenance names."""
+
+
 def shared_resources() -> list[Json]:
-    """Every Medication a patient may reference, and every ResearchStudy."""
+    """Every Medication a patient may reference, every ResearchStudy, and the coordinator."""
     medications = [
         _medication(drug, style)
         for drug in codes.DRUGS.values()
@@ -308,4 +319,4 @@ def shared_resources() -> list[Json]:
         if style.place != "inline"
     ]
     studies = [_study(s) for s in (codes.KN5501, *codes.OTHER_STUDIES)]
-    return medications + studies
+    return [*medications, *studies, COORDINATOR]

@@ -1,0 +1,190 @@
+"""The candidate list as a coordinator reads it: one row per listed patient, with what
+changed since the previous run. Pure: subjects, patients and run snapshots in, rows out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
+
+from fhir_match.records import Json
+from fhir_match.writeback import EXT_OUTCOME, LISTED, RUN_SYSTEM, criteria_of, match_of
+
+__all__ = [
+    "SORT_KEYS",
+    "Row",
+    "Snapshot",
+    "candidate_rows",
+    "dropped_since",
+    "filter_rows",
+    "patient_age",
+    "patient_name",
+    "snapshot_of",
+    "sort_rows",
+]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One run's list, from its Group: patient -> outcome."""
+
+    run: str
+    members: Mapping[str, str]
+
+
+def snapshot_of(group: Json) -> Snapshot:
+    run = next(
+        (
+            str(i.get("value"))
+            for i in group.get("identifier") or []
+            if i.get("system") == RUN_SYSTEM
+        ),
+        "",
+    )
+    members = {}
+    for member in group.get("member") or []:
+        outcome = next(
+            (
+                e.get("valueCode")
+                for e in member.get("extension") or []
+                if e.get("url") == EXT_OUTCOME
+            ),
+            "",
+        )
+        members[str((member.get("entity") or {}).get("reference"))] = str(outcome)
+    return Snapshot(run, members)
+
+
+@dataclass(frozen=True)
+class Row:
+    subject_id: str
+    patient: str
+    """``Patient/<id>``."""
+    name: str
+    birth_date: str
+    age: int | None
+    gender: str
+    outcome: str
+    status: str
+    decided: bool
+    """The status is a coordinator's, not the one fhir-match set."""
+    unknown: int
+    """Criteria the record could not decide: what a human has to look at."""
+    change: str
+    """Since the previous run: new, was <outcome>, evidence updated, unchanged, first run."""
+    as_of: str
+
+
+def patient_name(patient: Json | None) -> str:
+    """The official (else first) human name, as "Family, Given"; empty when none."""
+    names = (patient or {}).get("name") or []
+    name = next((n for n in names if n.get("use") == "official"), names[0] if names else None)
+    if not name:
+        return ""
+    if name.get("text"):
+        return str(name["text"])
+    given = " ".join(name.get("given") or [])
+    return ", ".join(p for p in (name.get("family", ""), given) if p)
+
+
+def patient_age(patient: Json | None, on: date) -> int | None:
+    birth = str((patient or {}).get("birthDate") or "")
+    try:
+        born = date.fromisoformat(birth[:10])
+    except ValueError:
+        return None
+    return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
+
+
+def _change(patient: str, run: str, latest: Snapshot | None, previous: Snapshot | None) -> str:
+    if latest is None or previous is None:
+        return "first run"
+    before = previous.members.get(patient)
+    now = latest.members.get(patient)
+    if before is None:
+        return "new"
+    if now is not None and before != now:
+        return f"was {before}"
+    return "evidence updated" if run == latest.run else "unchanged"
+
+
+def candidate_rows(
+    subjects: Sequence[Json],
+    patients: Mapping[str, Json],
+    latest: Snapshot | None,
+    previous: Snapshot | None,
+) -> list[Row]:
+    """Every subject fhir-match lists (candidate or potential-candidate), whatever status a
+    coordinator has given it since."""
+    rows = []
+    for subject in subjects:
+        match = match_of(subject)
+        outcome = str(match.get("outcome") or "")
+        if outcome not in LISTED:
+            continue
+        patient = str(subject["individual"]["reference"])
+        resource = patients.get(patient)
+        as_of = str(match.get("asOf") or "")
+        try:
+            on = date.fromisoformat(as_of)
+        except ValueError:
+            on = date.today()
+        status = str(subject.get("status") or "")
+        rows.append(
+            Row(
+                subject_id=str(subject.get("id")),
+                patient=patient,
+                name=patient_name(resource),
+                birth_date=str((resource or {}).get("birthDate") or ""),
+                age=patient_age(resource, on),
+                gender=str((resource or {}).get("gender") or ""),
+                outcome=outcome,
+                status=status,
+                decided=status != match.get("status"),
+                unknown=sum(1 for c in criteria_of(subject) if c.result == "unknown"),
+                change=_change(patient, str(match.get("run") or ""), latest, previous),
+                as_of=as_of,
+            )
+        )
+    return rows
+
+
+def dropped_since(latest: Snapshot | None, previous: Snapshot | None) -> list[str]:
+    """Patients the previous run listed and the latest one no longer does."""
+    if latest is None or previous is None:
+        return []
+    return sorted(p for p in previous.members if p not in latest.members)
+
+
+SORT_KEYS = ("name", "outcome", "status", "unknown", "change", "age")
+
+
+def sort_rows(rows: Sequence[Row], key: str, descending: bool = False) -> list[Row]:
+    """By one column, then by name so equal rows keep a stable order; unknown keys sort by
+    the default: candidates first, then most unknown criteria."""
+    if key not in SORT_KEYS:
+        return sorted(rows, key=lambda r: (r.outcome != "candidate", -r.unknown, r.name))
+    by_name = sorted(rows, key=lambda r: (r.name, r.patient))
+
+    def value(row: Row) -> tuple[int, object]:
+        v = getattr(row, key)
+        return (1, 0) if v is None else (0, v)
+
+    return sorted(by_name, key=value, reverse=descending)
+
+
+def filter_rows(
+    rows: Sequence[Row], *, outcome: str = "", status: str = "", change: str = ""
+) -> list[Row]:
+    """Rows matching every filter given; ``change`` "changed" means anything but unchanged."""
+
+    def keep(row: Row) -> bool:
+        if outcome and row.outcome != outcome:
+            return False
+        if status and row.status != status:
+            return False
+        if change == "changed":
+            return row.change not in ("unchanged", "first run")
+        return not change or row.change == change
+
+    return [r for r in rows if keep(r)]

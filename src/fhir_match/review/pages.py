@@ -1,0 +1,378 @@
+"""The review pages: studies, a study's candidate list, a patient's evidence and decision,
+the latest run's funnel. Each handler reads through the user's token, builds plain rows
+with the pure modules beside it, and renders a template."""
+
+from __future__ import annotations
+
+import csv
+import io
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.templating import Jinja2Templates
+
+from fhir_match.config import FhirSettings
+from fhir_match.errors import FhirError
+from fhir_match.evaluate.study import Study
+from fhir_match.fhir import FhirClient
+from fhir_match.funnel import Funnel
+from fhir_match.review import reads
+from fhir_match.review.config import ReviewSettings
+from fhir_match.review.decisions import (
+    DECISIONS,
+    Coordinator,
+    DecisionError,
+    decision_history,
+    decision_transaction,
+)
+from fhir_match.review.evidence import describe, grouped, missing
+from fhir_match.review.listing import (
+    SORT_KEYS,
+    Snapshot,
+    candidate_rows,
+    dropped_since,
+    filter_rows,
+    patient_age,
+    patient_name,
+    snapshot_of,
+    sort_rows,
+)
+from fhir_match.review.smart import User
+from fhir_match.writeback import criteria_of, funnel_of, match_of
+
+__all__ = ["Pages"]
+
+PAGE_TIMEOUT_S = 20.0
+
+
+@dataclass(frozen=True)
+class Pages:
+    settings: ReviewSettings
+    studies: dict[str, Study]
+    templates: Jinja2Templates
+    user_of: Callable[[Request], User | None]
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _client(self, user: User) -> FhirClient:
+        auth: Any = "bearer" if user.access_token else "none"
+        return FhirClient(
+            FhirSettings(
+                self.settings.fhir_base_url,
+                auth=auth,
+                token=user.access_token,
+                timeout_s=PAGE_TIMEOUT_S,
+                max_retries=2,
+                max_wait_s=10.0,
+            )
+        )
+
+    def render(
+        self, request: Request, template: str, status: int = 200, **context: Any
+    ) -> Response:
+        context.setdefault("user", self.user_of(request))
+        context["csrf"] = request.session.get("csrf", "")
+        context["smart"] = self.settings.smart
+        context["flash"] = request.session.pop("flash", "")
+        return self.templates.TemplateResponse(request, template, context, status_code=status)
+
+    def _signed_in(self, request: Request) -> User | Response:
+        user = self.user_of(request)
+        if user is None:
+            return self.render(request, "signin.html", status=401, user=None)
+        return user
+
+    def _study(self, study_id: str) -> Study:
+        study = self.studies.get(study_id)
+        if study is None:
+            raise LookupError(f"no study {study_id!r} here")
+        return study
+
+    # -- pages ------------------------------------------------------------------------------
+
+    def home(self, request: Request) -> Response:
+        user = self._signed_in(request)
+        if isinstance(user, Response):
+            return user
+        overview = []
+        with self._client(user) as client:
+            for study in self.studies.values():
+                ref = reads.study_reference(client, study)
+                rows = (
+                    candidate_rows(
+                        reads.subjects(client, study, ref, self.settings.tag), {}, None, None
+                    )
+                    if ref and user.grant.can_read("ResearchSubject")
+                    else []
+                )
+                latest = reads.run_groups(client, ref, self.settings.tag, 1) if ref else []
+                overview.append(
+                    {
+                        "study": study,
+                        "written": ref is not None,
+                        "candidates": sum(r.outcome == "candidate" for r in rows),
+                        "potential": sum(r.outcome == "potential-candidate" for r in rows),
+                        "decided": sum(r.decided for r in rows),
+                        "last_run": (latest[0].get("meta") or {}).get("lastUpdated", "")[:16]
+                        if latest
+                        else "",
+                    }
+                )
+        return self.render(request, "studies.html", overview=overview)
+
+    def _snapshots(self, client: FhirClient, ref: str) -> tuple[Snapshot | None, Snapshot | None]:
+        groups = [snapshot_of(g) for g in reads.run_groups(client, ref, self.settings.tag, 2)]
+        return (groups[0] if groups else None, groups[1] if len(groups) > 1 else None)
+
+    def study(self, request: Request) -> Response:
+        user = self._signed_in(request)
+        if isinstance(user, Response):
+            return user
+        study = self._study(request.path_params["study"])
+        query = request.query_params
+        with self._client(user) as client:
+            ref = reads.study_reference(client, study)
+            subjects = reads.subjects(client, study, ref, self.settings.tag) if ref else []
+            latest, previous = self._snapshots(client, ref) if ref else (None, None)
+            people = reads.patients(
+                client, [str(s["individual"]["reference"]) for s in subjects], user.grant
+            )
+        rows = candidate_rows(subjects, people, latest, previous)
+        shown = sort_rows(
+            filter_rows(
+                rows,
+                outcome=query.get("outcome", ""),
+                status=query.get("status", ""),
+                change=query.get("change", ""),
+            ),
+            query.get("sort", ""),
+            descending=query.get("order") == "desc",
+        )
+        return self.render(
+            request,
+            "study.html",
+            study=study,
+            rows=shown,
+            total=len(rows),
+            statuses=sorted({r.status for r in rows}),
+            changes=sorted({r.change for r in rows}),
+            dropped=dropped_since(latest, previous),
+            query=dict(query),
+            sort_keys=SORT_KEYS,
+            has_run=latest is not None,
+        )
+
+    def patient(self, request: Request, conflict: dict[str, Any] | None = None) -> Response:
+        user = self._signed_in(request)
+        if isinstance(user, Response):
+            return user
+        study = self._study(request.path_params["study"])
+        patient_id = request.path_params["patient"]
+        with self._client(user) as client:
+            subject = reads.find_subject(client, study, patient_id)
+            if subject is None:
+                return self.render(
+                    request,
+                    "error.html",
+                    status=404,
+                    message="fhir-match has not listed this patient for this study.",
+                )
+            criteria = criteria_of(subject)
+            cited = sorted({r for c in criteria for r in c.evidence})
+            found = reads.cited_resources(client, cited, user.grant)
+            person = reads.patients(client, [f"Patient/{patient_id}"], user.grant).get(
+                f"Patient/{patient_id}"
+            )
+            history = (
+                decision_history(reads.decision_provenances(client, str(subject["id"])))
+                if user.grant.can_read("Provenance")
+                else []
+            )
+        medications = {k: v for k, v in found.items() if k.startswith("Medication/")}
+        evidence = {
+            ref: describe(found[ref], medications)
+            if ref in found
+            else missing(ref, user.grant.can_read(ref.split("/", 1)[0]))
+            for ref in cited
+        }
+        lines = {c.id: grouped([evidence[r] for r in c.evidence]) for c in criteria}
+        order = {c.id: i for i, c in enumerate(study.criteria)}
+        titles = {c.id: c.title for c in study.criteria}
+        needs_human = sorted(
+            criteria, key=lambda c: (c.result != "unknown", order.get(c.id, len(order)))
+        )
+        match = match_of(subject)
+        as_of = str(match.get("asOf") or "")
+        return self.render(
+            request,
+            "patient.html",
+            status=409 if conflict else 200,
+            study=study,
+            subject=subject,
+            patient_id=patient_id,
+            name=patient_name(person) or f"Patient/{patient_id}",
+            person=person,
+            age=patient_age(person, datetime.fromisoformat(as_of).date()) if as_of else None,
+            match=match,
+            criteria=needs_human,
+            titles=titles,
+            lines=lines,
+            history=history,
+            decisions=DECISIONS,
+            can_decide=user.grant.can_decide(),
+            conflict=conflict,
+        )
+
+    async def decide(self, request: Request) -> Response:
+        user = self.user_of(request)
+        if user is None:
+            return self.render(request, "signin.html", status=401, user=None)
+        async with request.form() as form:
+            fields = {k: str(v) for k, v in form.items()}
+        expected = request.session.get("csrf", "")
+        if not expected or not secrets.compare_digest(fields.get("csrf", ""), expected):
+            return self.render(
+                request,
+                "error.html",
+                status=403,
+                message="This form has expired. Reload the page and try again.",
+            )
+        if not user.grant.can_decide():
+            return self.render(
+                request,
+                "error.html",
+                status=403,
+                message="Your access does not include recording decisions.",
+            )
+        return await _run_sync(self._decide, request, user, fields)
+
+    def _decide(self, request: Request, user: User, fields: dict[str, str]) -> Response:
+        study = self._study(request.path_params["study"])
+        patient_id = request.path_params["patient"]
+        page = f"{self.settings.base}/studies/{study.id}/patients/{patient_id}"
+        with self._client(user) as client:
+            subject = reads.find_subject(client, study, patient_id)
+            if subject is None:
+                return self.render(request, "error.html", status=404, message="No such subject.")
+            seen = fields.get("version", "")
+            current = str((subject.get("meta") or {}).get("versionId") or "")
+            if seen != current:
+                return self.patient(request, conflict={"status": subject.get("status")})
+            try:
+                bundle = decision_transaction(
+                    subject,
+                    fields.get("decision", ""),
+                    fields.get("reason", ""),
+                    Coordinator(user.fhir_user, user.name),
+                    datetime.now(UTC).isoformat(timespec="seconds"),
+                    self.settings.tag,
+                )
+            except DecisionError as exc:
+                request.session["flash"] = f"Not saved: {exc}."
+                return RedirectResponse(page, status_code=303)
+            try:
+                client.transaction(bundle)
+            except FhirError as exc:
+                if exc.status in (409, 412):
+                    return self.patient(request, conflict={"status": subject.get("status")})
+                if exc.status is None or exc.status >= 500:
+                    raise
+                # Refused as invalid: the coordinator sees why (the server's own words).
+                request.session["flash"] = f"Not saved: the FHIR server refused it ({exc.outcome})."
+                return RedirectResponse(page, status_code=303)
+        label = DECISIONS[fields["decision"]][1]
+        request.session["flash"] = f"Saved: {label}."
+        return RedirectResponse(page, status_code=303)
+
+    def _latest_funnel(self, user: User, study: Study) -> tuple[Funnel | None, dict[str, Any]]:
+        with self._client(user) as client:
+            ref = reads.study_reference(client, study)
+            for group in reads.run_groups(client, ref, self.settings.tag, 30) if ref else []:
+                funnel = funnel_of(group)
+                if funnel is not None and funnel.scope == "full":
+                    return funnel, group
+        return None, {}
+
+    def funnel(self, request: Request) -> Response:
+        user = self._signed_in(request)
+        if isinstance(user, Response):
+            return user
+        study = self._study(request.path_params["study"])
+        funnel, group = self._latest_funnel(user, study)
+        return self.render(
+            request,
+            "funnel.html",
+            study=study,
+            funnel=funnel,
+            steps=funnel_steps(funnel, study) if funnel else [],
+            run=(group.get("meta") or {}).get("lastUpdated", "")[:16],
+            run_name=group.get("name", ""),
+        )
+
+    def funnel_csv(self, request: Request) -> Response:
+        user = self._signed_in(request)
+        if isinstance(user, Response):
+            return user
+        study = self._study(request.path_params["study"])
+        funnel, _ = self._latest_funnel(user, study)
+        if funnel is None:
+            return PlainTextResponse("no full discovery run has recorded a funnel yet\n", 404)
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["step", "criterion", "title", "removed", "remaining"])
+        for step in funnel_steps(funnel, study):
+            writer.writerow(
+                [
+                    step["label"],
+                    step["criterion"],
+                    step["title"],
+                    step["removed"],
+                    step["remaining"],
+                ]
+            )
+        return Response(
+            out.getvalue(),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{study.id}-funnel.csv"'},
+        )
+
+
+def _step(
+    label: str, removed: int, remaining: int, criterion: str = "", title: str = ""
+) -> dict[str, Any]:
+    return {
+        "label": label,
+        "criterion": criterion,
+        "title": title,
+        "removed": removed,
+        "remaining": remaining,
+    }
+
+
+def funnel_steps(funnel: Funnel, study: Study) -> list[dict[str, Any]]:
+    """The funnel as rows top to bottom: found, each criterion's removal (those that removed
+    somebody), then potential candidates and candidates. Counts are the run's own."""
+    titles = {c.id: c.title for c in study.criteria}
+    remaining = funnel.found
+    steps = [_step("Found by discovery", 0, remaining)]
+    if funnel.not_evaluated:
+        remaining -= funnel.not_evaluated
+        steps.append(_step("Could not be evaluated", funnel.not_evaluated, remaining))
+    for criterion, count in funnel.removed:
+        if count:
+            remaining -= count
+            title = titles.get(criterion, "")
+            steps.append(_step(f"{criterion}: {title}", count, remaining, criterion, title))
+    steps.append(_step("Potential candidates", 0, funnel.potential_candidates))
+    steps.append(_step("Candidates", 0, funnel.candidates))
+    return steps
+
+
+async def _run_sync(function: Callable[..., Response], *args: Any) -> Response:
+    return await run_in_threadpool(function, *args)

@@ -1,0 +1,127 @@
+"""What the review pages read from the FHIR server: only what discovery wrote and the
+resources it cites, each in as few searches as the server allows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from fhir_match.discovery import read_subjects
+from fhir_match.evaluate.study import Study
+from fhir_match.fhir import FhirClient, Search
+from fhir_match.records import Json
+from fhir_match.review.grants import Grant
+from fhir_match.tagging import tag_token
+from fhir_match.writeback import (
+    EXT_STUDY,
+    RUN_SYSTEM,
+    SUBJECT_SYSTEM,
+    study_search,
+    subject_identifier,
+)
+
+__all__ = [
+    "cited_resources",
+    "decision_provenances",
+    "find_subject",
+    "patients",
+    "run_groups",
+    "study_reference",
+    "subjects",
+]
+
+IDS_PER_SEARCH = 100
+RUN_PAGE = 20
+
+
+def _resources(client: FhirClient, search: Search) -> Iterator[Json]:
+    for page in client.pages(search):
+        for entry in page.get("entry") or []:
+            if isinstance(entry.get("resource"), dict):
+                yield entry["resource"]
+
+
+def study_reference(client: FhirClient, study: Study) -> str | None:
+    """``ResearchStudy/<id>`` fhir-match wrote for the study, or None before its first run."""
+    found = next(_resources(client, study_search(study).count(1)), None)
+    return f"ResearchStudy/{found['id']}" if found else None
+
+
+def subjects(client: FhirClient, study: Study, study_ref: str, tag: str) -> list[Json]:
+    return list(read_subjects(client, study, study_ref, tag))
+
+
+def run_groups(client: FhirClient, study_ref: str, tag: str, limit: int) -> list[Json]:
+    """The study's newest run snapshots, newest first, at most ``limit``."""
+    search = (
+        Search("Group")
+        .where("identifier", f"{RUN_SYSTEM}|")
+        .where("_sort", "-_lastUpdated")
+        .count(RUN_PAGE)
+    )
+    if tag:
+        search = search.where("_tag", tag_token(tag))
+    found = []
+    for group in _resources(client, search):
+        study = next(
+            (
+                e.get("valueReference", {}).get("reference")
+                for e in group.get("extension") or []
+                if e.get("url") == EXT_STUDY
+            ),
+            None,
+        )
+        if study == study_ref:
+            found.append(group)
+            if len(found) == limit:
+                break
+    return found
+
+
+def _by_id(
+    client: FhirClient, resource_type: str, ids: Sequence[str], include: str = ""
+) -> Iterator[Json]:
+    for start in range(0, len(ids), IDS_PER_SEARCH):
+        search = Search(resource_type).where("_id", ",".join(ids[start : start + IDS_PER_SEARCH]))
+        if include:
+            search = search.where("_include", include)
+        yield from _resources(client, search.count(IDS_PER_SEARCH * 2))
+
+
+def patients(client: FhirClient, references: Sequence[str], grant: Grant) -> dict[str, Json]:
+    """Patient resources by reference; none when the grant does not include Patient."""
+    if not grant.can_read("Patient"):
+        return {}
+    ids = sorted({r.removeprefix("Patient/") for r in references})
+    return {f"Patient/{p['id']}": p for p in _by_id(client, "Patient", ids)}
+
+
+def find_subject(client: FhirClient, study: Study, patient_id: str) -> Json | None:
+    identifier = f"{SUBJECT_SYSTEM}|{subject_identifier(study, patient_id)}"
+    return next(_resources(client, Search("ResearchSubject").where("identifier", identifier)), None)
+
+
+def cited_resources(client: FhirClient, references: Sequence[str], grant: Grant) -> dict[str, Json]:
+    """The evidence resources by reference, with the Medications medication uses point to;
+    types the grant does not include are not asked for."""
+    by_type: dict[str, list[str]] = {}
+    for reference in references:
+        resource_type, _, resource_id = reference.partition("/")
+        if resource_id and grant.can_read(resource_type):
+            by_type.setdefault(resource_type, []).append(resource_id)
+    found: dict[str, Json] = {}
+    for resource_type, ids in sorted(by_type.items()):
+        include = (
+            f"{resource_type}:medication"
+            if resource_type.startswith("Medication")
+            and resource_type != "Medication"
+            and grant.can_read("Medication")
+            else ""
+        )
+        for resource in _by_id(client, resource_type, sorted(set(ids)), include):
+            found[f"{resource['resourceType']}/{resource['id']}"] = resource
+    return found
+
+
+def decision_provenances(client: FhirClient, subject_id: str) -> list[Json]:
+    search = Search("Provenance").where("target", f"ResearchSubject/{subject_id}").count(100)
+    return [r for r in _resources(client, search) if r.get("resourceType") == "Provenance"]

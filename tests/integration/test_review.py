@@ -1,0 +1,484 @@
+"""The review app end to end: headless Chromium (Debian's) driven by Playwright, against the
+real HAPI server, a discovery run through a real Celery worker, and a real Keycloak for the
+SMART launch. The tests run in file order and share one signed-in browser session; the
+later ones change the data. Each page's screenshot lands in var/screenshots/review/.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+import redis
+from playwright.sync_api import Browser, Page, Playwright, sync_playwright
+
+from fhir_match.fhir import FhirClient, Search
+from fhir_match.fhir.models import parse_resource, to_json
+from fhir_match.seed import remove_tagged, seed
+from fhir_match.synth.generate import generate
+from fhir_match.tagging import tag_token
+from fhir_match.writeback import SUBJECT_SYSTEM
+
+from ..conftest import ROOT
+from .conftest import WorkerProcess
+from .test_discovery import AS_OF, Population, run_discovery
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+KEYCLOAK_URL = os.environ.get("KEYCLOAK_URL", "http://127.0.0.1:8180")
+REALM = f"{KEYCLOAK_URL}/realms/fhir-match"
+CLIENT_ID = "fhir-match-review"
+USER, PASSWORD, FHIR_USER = "coordinator", "coordinator", "Practitioner/coordinator-1"
+SHOTS = ROOT / "var" / "screenshots" / "review"
+APP_START_S = 60
+PATIENTS, SEED = 40, 11
+"""Everyone with an ITP history (itp_share 1.0), so the run's cohort is the whole file."""
+
+
+@dataclass(frozen=True)
+class App:
+    url: str
+    log: Path
+
+
+@pytest.fixture(scope="module")
+def population(fhir: FhirClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Population]:
+    folder = tmp_path_factory.mktemp("review-population")
+    generate(PATIENTS, SEED, folder, "ndjson", itp_share=1.0)
+    tag = f"test-review-{uuid.uuid4().hex[:8]}"
+    loaded = seed(fhir, [folder / "fhir"], tag, folder / "seed.done", workers=2)
+    assert not loaded.failed
+    expected = {
+        e["patient"]: e
+        for e in map(json.loads, (folder / "expected.ndjson").read_text().splitlines())
+    }
+    yield Population(tag, folder, expected)
+    remove_tagged(fhir, tag)
+
+
+@pytest.fixture(scope="module")
+def first_run(
+    redis_client: redis.Redis, celery_worker: WorkerProcess, population: Population
+) -> dict[str, Any]:
+    run = run_discovery(redis_client, celery_worker, population)
+    assert run["state"] == "done", run
+    return run
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def app(
+    population: Population, first_run: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[App]:
+    try:
+        httpx.get(f"{REALM}/.well-known/openid-configuration", timeout=5).raise_for_status()
+    except httpx.HTTPError as exc:
+        pytest.fail(f"no Keycloak realm at {REALM} (scripts/keycloak start): {exc}")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("review-app") / "app.log"
+    env = {
+        **os.environ,
+        "FHIR_MATCH_TAG": population.tag,
+        "FHIR_MATCH_REVIEW_CLIENT_ID": CLIENT_ID,
+        "FHIR_MATCH_REVIEW_AUTH_SERVER": REALM,
+        "FHIR_MATCH_REVIEW_PORT": str(port),
+    }
+    command = [str(Path(sys.executable).parent / "fhir-match"), "review"]
+    with log.open("w") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + APP_START_S
+        while True:
+            try:
+                if httpx.get(f"{url}/static/app.css", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the review app did not start:\n{log.read_text()[-2000:]}")
+            time.sleep(0.2)  # polling for the server to listen, not waiting for an effect
+        yield App(url, log)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"no Chromium at {CHROMIUM} (scripts/setup installs Debian's chromium)")
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+    yield browser
+    browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser: Browser) -> Iterator[Page]:
+    """One signed-in coordinator for the whole file."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SHOTS / f"{name}.png", full_page=True)
+
+
+def sign_in(page: Page) -> None:
+    """Keycloak's login form, as a person fills it in."""
+    page.wait_for_url(re.compile(re.escape(REALM)))
+    page.get_by_label("Username or email").fill(USER)
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_role("button", name="Sign In").click()
+
+
+def listed(population: Population) -> dict[str, str]:
+    return population.listed
+
+
+def unlabelled_controls(page: Page) -> int:
+    return int(
+        page.evaluate(
+            "() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]"
+            ".filter(e => !e.labels || e.labels.length === 0).length"
+        )
+    )
+
+
+# -- launch ------------------------------------------------------------------------------
+
+
+def test_a_standalone_launch_signs_the_coordinator_in(app: App, page: Page) -> None:
+    response = page.goto(app.url + "/")
+    assert response is not None
+    assert response.status == 401
+    shot(page, "signin")
+    page.get_by_role("link", name="Sign in").click()
+    sign_in(page)
+    page.wait_for_url(app.url + "/")
+
+    assert page.get_by_role("heading", name="Studies").is_visible()
+    assert page.get_by_text("Casey Coordinator").is_visible()
+    cookie = next(c for c in page.context.cookies() if c["name"] == "fhir_match_review")
+    assert cookie["httpOnly"]
+    assert cookie["sameSite"] == "Lax"
+    assert re.fullmatch(r"[0-9a-f]{32}", cookie["value"])  # an id, nothing readable
+    assert page.evaluate("() => localStorage.length + sessionStorage.length") == 0
+    shot(page, "studies")
+
+
+def test_an_expiring_token_is_renewed_with_the_refresh_token(
+    app: App, page: Page, redis_client: redis.Redis
+) -> None:
+    cookie = next(c for c in page.context.cookies() if c["name"] == "fhir_match_review")
+    key = f"fhir-match:review:{cookie['value']}"
+    session = json.loads(redis_client.get(key) or b"{}")
+    old = session["token"]["access_token"]
+    session["token"]["expires_at"] = time.time()  # as if the token had run out
+    redis_client.set(key, json.dumps(session), keepttl=True)
+
+    response = page.goto(app.url + "/")
+    assert response is not None
+    assert response.status == 200
+    renewed = json.loads(redis_client.get(key) or b"{}")["token"]
+    assert renewed["access_token"] != old
+    assert renewed["expires_at"] > time.time() + 60
+
+
+def test_an_ehr_launch_passes_its_launch_and_audience(
+    app: App, browser: Browser, fhir: FhirClient
+) -> None:
+    context = browser.new_context()
+    ehr = context.new_page()
+    authorize: list[str] = []
+    ehr.on(
+        "request",
+        lambda r: authorize.append(r.url) if "/protocol/openid-connect/auth" in r.url else None,
+    )
+    ehr.goto(f"{app.url}/launch?iss={fhir.base_url}&launch=ehr-launch-42")
+    sign_in(ehr)
+    ehr.wait_for_url(app.url + "/")
+    context.close()
+
+    query = parse_qs(urlsplit(authorize[0]).query)
+    assert query["launch"] == ["ehr-launch-42"]
+    assert query["aud"] == [fhir.base_url]
+    assert query["code_challenge_method"] == ["S256"]
+    assert "launch" in query["scope"][0].split()
+    assert "code_challenge" in query
+    assert "state" in query
+    assert not [s for s in query["scope"][0].split() if "*" in s]
+
+
+def test_bad_launches_get_a_clear_page(app: App, browser: Browser) -> None:
+    context = browser.new_context()
+    tab = context.new_page()
+    foreign = tab.goto(f"{app.url}/launch?iss=https://ehr.invalid/fhir&launch=x")
+    assert foreign is not None
+    assert foreign.status == 400
+    assert (
+        tab.get_by_role("alert").inner_text().startswith("This app was launched from a FHIR server")
+    )
+    forged = tab.goto(f"{app.url}/callback?code=stolen&state=made-up")
+    assert forged is not None
+    assert forged.status == 400
+    assert "Sign-in failed" in tab.get_by_role("alert").inner_text()
+    denied = tab.goto(f"{app.url}/callback?error=access_denied&state=x")
+    assert denied is not None
+    assert denied.status == 400
+    assert "Traceback" not in tab.content()
+    shot(tab, "bad-launch")
+    context.close()
+
+
+# -- the list and a patient --------------------------------------------------------------
+
+
+def test_the_list_shows_every_listed_patient_and_filters(
+    app: App, page: Page, population: Population
+) -> None:
+    page.goto(f"{app.url}/studies/kn5501")
+    rows = page.locator("table.list tbody tr")
+    assert rows.count() == len(population.listed)
+    shown = {
+        "Patient/"
+        + (rows.nth(i).locator("a").get_attribute("href") or "").rsplit("/", 1)[1]: rows.nth(i)
+        .locator("td")
+        .nth(2)
+        .inner_text()
+        for i in range(rows.count())
+    }
+    assert shown == population.listed
+    assert unlabelled_controls(page) == 0
+    shot(page, "candidates")
+
+    page.get_by_label("Outcome").select_option("potential-candidate")
+    page.get_by_label("Sort by").select_option("unknown")
+    page.get_by_label("Order").select_option("desc")
+    page.get_by_role("button", name="Apply").click()
+    page.wait_for_url(re.compile(r"outcome=potential-candidate"))
+    potential = sum(1 for o in population.listed.values() if o == "potential-candidate")
+    assert rows.count() == potential
+    unknowns = [int(rows.nth(i).locator("td").nth(4).inner_text()) for i in range(rows.count())]
+    assert unknowns == sorted(unknowns, reverse=True)
+
+
+def _a_candidate(population: Population) -> str:
+    return sorted(p for p, o in population.listed.items() if o == "candidate")[0]
+
+
+def test_a_patient_page_shows_every_criterion_and_its_evidence(
+    app: App, page: Page, population: Population
+) -> None:
+    patient = _a_candidate(population)
+    page.goto(f"{app.url}/studies/kn5501/patients/{patient.split('/')[1]}")
+    criteria = page.locator("table.criteria tbody tr")
+    expected = population.expected[patient]["criteria"]
+    assert criteria.count() == len(expected)
+    results = [criteria.nth(i).locator(".result").inner_text() for i in range(criteria.count())]
+    assert results == sorted(results, key=lambda r: r != "unknown")  # what needs a human first
+    shown = {
+        criteria.nth(i).locator("th").inner_text().split()[0]: results[i]
+        for i in range(criteria.count())
+    }
+    assert shown == expected
+    platelets = page.locator("table.criteria tr", has_text="inc-3").locator("li")
+    assert platelets.count() >= 2
+    first = platelets.first.inner_text()
+    assert re.search(r"\d+(\.\d+)? \S+", first), first  # a value with its unit
+    assert re.search(r"\d{4}-\d{2}-\d{2}", first), first  # and its date
+    assert "LOINC" in first
+    assert unlabelled_controls(page) == 0
+    shot(page, "patient")
+
+
+# -- decisions ---------------------------------------------------------------------------
+
+
+def _subject(fhir: FhirClient, patient: str) -> dict[str, Any]:
+    search = Search("ResearchSubject").where(
+        "identifier", f"{SUBJECT_SYSTEM}|kn5501-{patient.split('/')[1]}"
+    )
+    return to_json(next(fhir.search(search)))
+
+
+def test_a_decision_made_with_the_keyboard_is_written_with_provenance(
+    app: App, page: Page, population: Population, fhir: FhirClient
+) -> None:
+    patient = _a_candidate(population)
+    page.goto(f"{app.url}/studies/kn5501/patients/{patient.split('/')[1]}")
+    eligible = page.get_by_role("radio", name="Eligible", exact=True)
+    eligible.focus()
+    page.keyboard.press("Space")
+    assert eligible.is_checked()
+    page.get_by_role("button", name="Save decision").focus()
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+
+    assert page.get_by_role("status").inner_text() == "Saved: Eligible."
+    assert page.locator("#status").inner_text() == "eligible"
+    history = page.locator("table.history tbody tr")
+    assert history.count() == 1
+    assert "Casey Coordinator" in history.first.inner_text()
+    subject = _subject(fhir, patient)
+    assert subject["status"] == "eligible"
+    provenances = [
+        to_json(p)
+        for p in fhir.search(
+            Search("Provenance").where("target", f"ResearchSubject/{subject['id']}")
+        )
+    ]
+    decided = [p for p in provenances if p["agent"][0]["type"]["coding"][0]["code"] == "author"]
+    assert len(decided) == 1
+    assert decided[0]["agent"][0]["who"]["reference"] == FHIR_USER
+    assert tag_token(population.tag).split("|")[1] in {t["code"] for t in decided[0]["meta"]["tag"]}
+    shot(page, "decision")
+
+
+def test_a_form_without_its_csrf_token_changes_nothing(
+    app: App, page: Page, population: Population, fhir: FhirClient
+) -> None:
+    patient = _a_candidate(population)
+    before = _subject(fhir, patient)
+    response = page.request.post(
+        f"{app.url}/studies/kn5501/patients/{patient.split('/')[1]}/decision",
+        form={"decision": "withdrawn", "version": before["meta"]["versionId"]},
+    )
+    assert response.status == 403
+    assert _subject(fhir, patient)["meta"]["versionId"] == before["meta"]["versionId"]
+
+
+def test_a_conflict_is_shown_and_never_overwritten(
+    app: App, page: Page, population: Population, fhir: FhirClient
+) -> None:
+    patient = sorted(p for p, o in population.listed.items() if o == "candidate")[1]
+    page.goto(f"{app.url}/studies/kn5501/patients/{patient.split('/')[1]}")
+    subject = _subject(fhir, patient)
+    fhir.update(
+        parse_resource({**subject, "status": "on-study"}), if_match=subject["meta"]["versionId"]
+    )
+
+    page.get_by_role("radio", name="Contacted").check()
+    with page.expect_navigation():
+        page.get_by_role("button", name="Save decision").click()
+    assert "someone changed this patient's record" in page.get_by_role("alert").inner_text()
+    assert _subject(fhir, patient)["status"] == "on-study"
+    shot(page, "conflict")
+
+
+def test_a_new_discovery_run_keeps_the_decisions(
+    app: App,
+    page: Page,
+    population: Population,
+    redis_client: redis.Redis,
+    celery_worker: WorkerProcess,
+) -> None:
+    run = run_discovery(redis_client, celery_worker, population)
+    assert run["state"] == "done", run
+
+    patient = _a_candidate(population)
+    page.goto(f"{app.url}/studies/kn5501/patients/{patient.split('/')[1]}")
+    assert page.locator("#status").inner_text() == "eligible"
+    assert page.locator("table.history tbody tr").count() == 1
+    page.goto(f"{app.url}/studies/kn5501")
+    row = page.locator(
+        "table.list tbody tr", has=page.locator(f"a[href$='/{patient.split('/')[1]}']")
+    )
+    assert "eligible (coordinator)" in row.locator("td").nth(3).inner_text()
+    assert row.locator("td").nth(5).inner_text() == "unchanged"
+
+
+# -- the funnel --------------------------------------------------------------------------
+
+
+def test_the_funnel_equals_the_screen_summary_on_the_same_data(
+    app: App, page: Page, population: Population, tmp_path: Path
+) -> None:
+    summary = tmp_path / "summary.json"
+    subprocess.run(
+        [
+            str(Path(sys.executable).parent / "fhir-match"),
+            "screen",
+            "--input",
+            str(population.folder / "fhir"),
+            "--as-of",
+            AS_OF,
+            "--output",
+            str(tmp_path / "screen.ndjson"),
+            "--summary",
+            str(summary),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    funnel = json.loads(summary.read_text())["funnel"]
+
+    page.goto(f"{app.url}/studies/kn5501/funnel")
+    table = {
+        row.locator("th").inner_text(): row.locator("td").nth(1).inner_text()
+        for row in page.locator("table.funnel tbody tr").all()
+    }
+    assert int(table["Found by discovery"]) == funnel["found"] == PATIENTS
+    assert int(table["Candidates"]) == funnel["candidates"]
+    assert int(table["Potential candidates"]) == funnel["potential_candidates"]
+    removed = {k.split(":")[0]: v for k, v in table.items() if re.match(r"(inc|exc)-\d+:", k)}
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download as CSV").click()
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    from_csv = {r["criterion"]: int(r["removed"]) for r in rows if r["criterion"]}
+    expected = {c: n for c, n in funnel["removed"].items() if n}
+    assert from_csv == expected
+    assert set(removed) == set(expected)
+    assert page.get_by_role("img").count() == 1  # the chart, with its own title
+    shot(page, "funnel")
+
+
+# -- leaving -----------------------------------------------------------------------------
+
+
+def test_signing_out_ends_the_session(app: App, page: Page) -> None:
+    page.goto(f"{app.url}/studies/kn5501")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Sign out").click()
+    assert page.get_by_role("heading", name="Signed out").is_visible()
+    again = page.goto(f"{app.url}/studies/kn5501")
+    assert again is not None
+    assert again.status == 401
+
+
+def test_the_app_log_holds_no_patient_data_or_tokens(app: App, population: Population) -> None:
+    log = app.log.read_text()
+    assert "eyJ" not in log  # no JWT
+    assert "code=" not in log
+    assert "state=" not in log
+    for patient in population.listed:
+        assert patient.split("/")[1] not in log
