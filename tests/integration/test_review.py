@@ -85,6 +85,27 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def start_app(log: Path, extra_env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """``fhir-match review`` as a user runs it, on a free port; returns once it listens."""
+    port = _free_port()
+    env = {**os.environ, "FHIR_MATCH_REVIEW_PORT": str(port), **extra_env}
+    command = [str(Path(sys.executable).parent / "fhir-match"), "review"]
+    with log.open("w") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + APP_START_S
+    while True:
+        try:
+            if httpx.get(f"{url}/static/app.css", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the review app did not start:\n{log.read_text()[-2000:]}")
+        time.sleep(0.2)  # polling for the server to listen, not waiting for an effect
+
+
 @pytest.fixture(scope="module")
 def app(
     population: Population, first_run: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
@@ -93,30 +114,16 @@ def app(
         httpx.get(f"{REALM}/.well-known/openid-configuration", timeout=5).raise_for_status()
     except httpx.HTTPError as exc:
         pytest.fail(f"no Keycloak realm at {REALM} (scripts/keycloak start): {exc}")
-    port = _free_port()
     log = tmp_path_factory.mktemp("review-app") / "app.log"
-    env = {
-        **os.environ,
-        "FHIR_MATCH_TAG": population.tag,
-        "FHIR_MATCH_REVIEW_CLIENT_ID": CLIENT_ID,
-        "FHIR_MATCH_REVIEW_AUTH_SERVER": REALM,
-        "FHIR_MATCH_REVIEW_PORT": str(port),
-    }
-    command = [str(Path(sys.executable).parent / "fhir-match"), "review"]
-    with log.open("w") as out:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)
-    url = f"http://127.0.0.1:{port}"
+    process, url = start_app(
+        log,
+        {
+            "FHIR_MATCH_TAG": population.tag,
+            "FHIR_MATCH_REVIEW_CLIENT_ID": CLIENT_ID,
+            "FHIR_MATCH_REVIEW_AUTH_SERVER": REALM,
+        },
+    )
     try:
-        deadline = time.monotonic() + APP_START_S
-        while True:
-            try:
-                if httpx.get(f"{url}/static/app.css", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the review app did not start:\n{log.read_text()[-2000:]}")
-            time.sleep(0.2)  # polling for the server to listen, not waiting for an effect
         yield App(url, log)
     finally:
         process.terminate()
@@ -482,3 +489,46 @@ def test_the_app_log_holds_no_patient_data_or_tokens(app: App, population: Popul
     assert "state=" not in log
     for patient in population.listed:
         assert patient.split("/")[1] not in log
+
+
+def test_without_sign_in_the_app_serves_loopback_as_the_local_user(
+    population: Population, first_run: dict[str, Any], tmp_path: Path, fhir: FhirClient
+) -> None:
+    process, url = start_app(tmp_path / "app.log", {"FHIR_MATCH_TAG": population.tag})
+    try:
+        with httpx.Client(base_url=url, timeout=30) as browser:
+            home = browser.get("/")
+            assert home.status_code == 200
+            assert "local user (no sign-in)" in home.text
+            patient = sorted(p for p, o in population.listed.items() if o == "potential-candidate")[
+                0
+            ]
+            page = browser.get(f"/studies/kn5501/patients/{patient.split('/')[1]}")
+            csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+            version = re.search(r'name="version" value="([^"]+)"', page.text)
+            assert csrf
+            assert version
+            saved = browser.post(
+                f"/studies/kn5501/patients/{patient.split('/')[1]}/decision",
+                data={
+                    "csrf": csrf[1],
+                    "version": version[1],
+                    "decision": "ineligible",
+                    "reason": "moved away",
+                },
+            )
+            assert saved.status_code == 303
+        assert _subject(fhir, patient)["status"] == "ineligible"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    refused = subprocess.run(
+        [str(Path(sys.executable).parent / "fhir-match"), "review", "--host", "0.0.0.0"],
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if not k.startswith("FHIR_MATCH_REVIEW")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode != 0
+    assert "loopback" in refused.stderr

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from datetime import date
 
+import httpx
 import pytest
 
+from fhir_match.config import FhirSettings
 from fhir_match.errors import ConfigError
+from fhir_match.fhir import FhirClient
 from fhir_match.records import Json
 from fhir_match.review.config import ReviewSettings, load_review_settings
 from fhir_match.review.decisions import (
@@ -28,6 +31,7 @@ from fhir_match.review.listing import (
     snapshot_of,
     sort_rows,
 )
+from fhir_match.review.reads import cited_resources, patients
 from fhir_match.writeback import EXT_CRITERION, EXT_MATCH, EXT_OUTCOME, RUN_SYSTEM
 
 # -- scopes -------------------------------------------------------------------------------
@@ -318,3 +322,21 @@ def test_evidence_that_reads_the_same_is_one_line() -> None:
         ),
         ("rituximab", "2020-01-01", ("MedicationRequest/m3",)),
     ]
+
+
+def test_only_granted_types_are_asked_for() -> None:
+    asked: list[str] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path.rsplit("/", 1)[1])
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset"})
+
+    grant = Grant.from_scope("user/Condition.rs user/MedicationRequest.rs")
+    base = "http://fhir.invalid/fhir"
+    with FhirClient(FhirSettings(base_url=base), transport=httpx.MockTransport(server)) as client:
+        found = cited_resources(
+            client, ["Observation/o1", "Condition/c1", "MedicationRequest/m1"], grant
+        )
+        assert patients(client, ["Patient/p1"], grant) == {}
+    assert found == {}
+    assert asked == ["Condition", "MedicationRequest"]

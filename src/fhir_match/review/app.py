@@ -80,6 +80,10 @@ def create_app(settings: ReviewSettings) -> Starlette:
         return await smart.callback(request)
 
     async def sign_out(request: Request) -> Response:
+        async with request.form() as form:
+            sent = str(form.get("csrf") or "")
+        if not pages.csrf_ok(request, sent):
+            return failure(request, "This form has expired. Reload the page and try again.", 403)
         request.session.clear()
         return pages.render(request, "signin.html", user=None, signed_out=True)
 
