@@ -11,13 +11,9 @@ import json
 import os
 import subprocess
 import sys
-import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -32,62 +28,21 @@ from fhir_match.funnel import Funnel
 from fhir_match.grouping import patient_of
 from fhir_match.records import Json
 from fhir_match.screen import ScreenSummary, criterion_json, screen, study_engine
-from fhir_match.seed import remove_tagged, seed
-from fhir_match.synth.generate import generate
 from fhir_match.tagging import TAG_SYSTEM, tag_token
 from fhir_match.writeback import RUN_SYSTEM, funnel_of, match_of
 from worker import runs
-from worker.tasks import discover, screen_patients
+from worker.tasks import screen_patients
 
 from ..conftest import ROOT
 from .conftest import WorkerProcess
-
-AS_OF = "2026-06-01"
-RUN_TIMEOUT_S = 300
-STUDY = "kn5501"
-
-
-@dataclass(frozen=True)
-class Population:
-    tag: str
-    folder: Path
-    expected: dict[str, dict[str, Any]]
-    """The generator's intended answer per patient."""
-
-    @property
-    def listed(self) -> dict[str, str]:
-        return {p: e["outcome"] for p, e in self.expected.items() if e["outcome"] != "ineligible"}
+from .populations import AS_OF, RUN_TIMEOUT_S, STUDY, Population, loaded_population, run_discovery
 
 
 @pytest.fixture(scope="module")
 def population(fhir: FhirClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Population]:
     folder = tmp_path_factory.mktemp("population")
-    generate(60, 37, folder, "ndjson", itp_share=0.6)
-    tag = f"test-discovery-{uuid.uuid4().hex[:8]}"
-    loaded = seed(fhir, [folder / "fhir"], tag, folder / "seed.done", workers=2)
-    assert not loaded.failed
-    assert not loaded.skipped
-    expected = {
-        e["patient"]: e
-        for e in map(json.loads, (folder / "expected.ndjson").read_text().splitlines())
-    }
-    yield Population(tag, folder, expected)
-    remove_tagged(fhir, tag)
-
-
-def run_discovery(
-    store: redis.Redis, worker: WorkerProcess, population: Population, **kwargs: Any
-) -> dict[str, Any]:
-    """Enqueue a run on the test worker and wait for its record to say it ended."""
-    options = {"study_id": STUDY, "as_of": AS_OF, "tag": population.tag, "mode": "full"}
-    result = discover.apply_async(kwargs={**options, **kwargs}, queue=worker.queue)
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while time.monotonic() < deadline:
-        run = runs.load_run(store, result.id)
-        if run and run.get("state") in ("done", "failed", "skipped"):
-            return {**run, "run": result.id}
-        time.sleep(0.2)  # polling the run's record for its end, not waiting for an effect
-    pytest.fail(f"run {result.id} did not end within {RUN_TIMEOUT_S}s")
+    with loaded_population(fhir, folder, 60, 37, 0.6, "discovery") as population:
+        yield population
 
 
 def listed(fhir: FhirClient, population: Population) -> dict[str, Candidate]:

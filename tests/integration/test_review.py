@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +28,12 @@ from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
 from fhir_match.fhir import FhirClient, Search
 from fhir_match.fhir.models import parse_resource, to_json
-from fhir_match.seed import remove_tagged, seed
-from fhir_match.synth.generate import generate
 from fhir_match.tagging import tag_token
 from fhir_match.writeback import SUBJECT_SYSTEM
 
 from ..conftest import ROOT
 from .conftest import WorkerProcess
-from .test_discovery import AS_OF, Population, run_discovery
+from .populations import AS_OF, Population, loaded_population, run_discovery
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 KEYCLOAK_URL = os.environ.get("KEYCLOAK_URL", "http://127.0.0.1:8180")
@@ -58,16 +55,8 @@ class App:
 @pytest.fixture(scope="module")
 def population(fhir: FhirClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Population]:
     folder = tmp_path_factory.mktemp("review-population")
-    generate(PATIENTS, SEED, folder, "ndjson", itp_share=1.0)
-    tag = f"test-review-{uuid.uuid4().hex[:8]}"
-    loaded = seed(fhir, [folder / "fhir"], tag, folder / "seed.done", workers=2)
-    assert not loaded.failed
-    expected = {
-        e["patient"]: e
-        for e in map(json.loads, (folder / "expected.ndjson").read_text().splitlines())
-    }
-    yield Population(tag, folder, expected)
-    remove_tagged(fhir, tag)
+    with loaded_population(fhir, folder, PATIENTS, SEED, 1.0, "review") as population:
+        yield population
 
 
 @pytest.fixture(scope="module")

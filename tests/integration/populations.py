@@ -1,0 +1,80 @@
+"""Synthetic populations loaded into the real FHIR server, and discovery runs over them:
+what the discovery and review tests share."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from fhir_match.fhir import FhirClient
+from fhir_match.seed import remove_tagged, seed
+from fhir_match.synth.generate import generate
+from worker import runs
+from worker.tasks import discover
+
+from .conftest import WorkerProcess
+
+AS_OF = "2026-06-01"
+RUN_TIMEOUT_S = 300
+STUDY = "kn5501"
+SEED_ATTEMPTS = 3
+"""A busy server times some transactions out; loading resumes where it stopped."""
+
+
+@dataclass(frozen=True)
+class Population:
+    tag: str
+    folder: Path
+    expected: dict[str, dict[str, Any]]
+    """The generator's intended answer per patient."""
+
+    @property
+    def listed(self) -> dict[str, str]:
+        return {p: e["outcome"] for p, e in self.expected.items() if e["outcome"] != "ineligible"}
+
+
+@contextmanager
+def loaded_population(
+    fhir: FhirClient, folder: Path, patients: int, seed_number: int, itp_share: float, name: str
+) -> Iterator[Population]:
+    """Generate a population, load it under a run tag of its own, and remove it after."""
+    generate(patients, seed_number, folder, "ndjson", itp_share=itp_share)
+    tag = f"test-{name}-{uuid.uuid4().hex[:8]}"
+    for _ in range(SEED_ATTEMPTS):
+        loaded = seed(fhir, [folder / "fhir"], tag, folder / "seed.done", workers=2)
+        if not loaded.failed:
+            break
+    assert not loaded.failed
+    assert not loaded.skipped
+    expected = {
+        e["patient"]: e
+        for e in map(json.loads, (folder / "expected.ndjson").read_text().splitlines())
+    }
+    try:
+        yield Population(tag, folder, expected)
+    finally:
+        remove_tagged(fhir, tag)
+
+
+def run_discovery(
+    store: redis.Redis, worker: WorkerProcess, population: Population, **kwargs: Any
+) -> dict[str, Any]:
+    """Enqueue a run on the test worker and wait for its record to say it ended."""
+    options = {"study_id": STUDY, "as_of": AS_OF, "tag": population.tag, "mode": "full"}
+    result = discover.apply_async(kwargs={**options, **kwargs}, queue=worker.queue)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        run = runs.load_run(store, result.id)
+        if run and run.get("state") in ("done", "failed", "skipped"):
+            return {**run, "run": result.id}
+        time.sleep(0.2)  # polling the run's record for its end, not waiting for an effect
+    pytest.fail(f"run {result.id} did not end within {RUN_TIMEOUT_S}s")
