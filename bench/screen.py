@@ -4,15 +4,18 @@ Usage: .venv/bin/python bench/screen.py [--patients 10000] [--seed 7]
 
 It generates a synthetic population (NDJSON, the Bulk Data layout) with `fhir-match synth`,
 then screens it and the population twice its size, each in a fresh process, and prints for
-each: wall time, patients per second, peak memory of the Python process and of the CQL engine
-(Node), and how often the engine agreed with the answers the generator intended. The ratios
-between the two sizes show whether memory stays flat as the population grows.
+each: wall time, patients per second, CPU time per patient of the Python process and of the CQL
+engine (Node) with the rate one core would reach from it (wall time depends on what else the
+machine runs; CPU time much less), peak memory of both, and how often the engine agreed with
+the answers the generator intended. The ratios between the two sizes show whether memory stays
+flat as the population grows.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -34,6 +37,17 @@ def _own_peak_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def screen_once(population: Path, results: Path) -> dict[str, float]:
     """Run in a child process: screen ``population`` and report the figures as JSON."""
     from fhir_match.evaluate.engine import NodeCqlEngine, translate_cql
@@ -53,13 +67,19 @@ def screen_once(population: Path, results: Path) -> dict[str, float]:
     )
     with engine, results.open("w", encoding="utf-8") as out:
         engine.start()
+        pid = engine.pid
+        assert pid is not None
+        engine_cpu, python_cpu = _cpu_seconds(pid), _own_cpu_seconds()
         started = time.perf_counter()
         summary = screen([population / "fhir"], study, as_of, normaliser, engine, out)
         seconds = time.perf_counter() - started
+        engine_cpu, python_cpu = _cpu_seconds(pid) - engine_cpu, _own_cpu_seconds() - python_cpu
     return {
         "patients": summary.patients,
         "failures": len(summary.failures),
         "seconds": seconds,
+        "python_cpu_s": python_cpu,
+        "engine_cpu_s": engine_cpu,
         "python_peak_mb": _own_peak_mb(),
         "engine_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }
@@ -139,12 +159,17 @@ def main() -> None:
 
     print(
         f"{'patients':>9} {'synth s':>8} {'screen s':>9} {'patients/s':>11} "
+        f"{'python ms/p':>12} {'engine ms/p':>12} {'1-core p/s':>11} "
         f"{'python MB':>10} {'engine MB':>10} {'outcome ok':>11} {'criteria ok':>12}"
     )
     for size, generated, f, same_outcome, same_criteria, _ in rows:
+        cpu = f["python_cpu_s"] + f["engine_cpu_s"]
         print(
             f"{size:>9} {generated:>8.1f} {f['seconds']:>9.1f} "
-            f"{f['patients'] / f['seconds']:>11.0f} {f['python_peak_mb']:>10.0f} "
+            f"{f['patients'] / f['seconds']:>11.0f} "
+            f"{1000 * f['python_cpu_s'] / f['patients']:>12.2f} "
+            f"{1000 * f['engine_cpu_s'] / f['patients']:>12.2f} "
+            f"{f['patients'] / cpu:>11.0f} {f['python_peak_mb']:>10.0f} "
             f"{f['engine_peak_mb']:>10.0f} {same_outcome:>11.2%} {same_criteria:>12.2%}"
         )
     (small, _, fs, *_), (large, _, fl, *_) = rows

@@ -14,19 +14,24 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
+
 from fhir_match.records import DataIssue, Json
 
 __all__ = [
     "FHIR_SUFFIXES",
     "fhir_files",
+    "loads",
     "localise_references",
     "map_references",
     "read_resources",
     "read_text_resources",
+    "references_in_text",
 ]
 
 FHIR_SUFFIXES = (".json", ".ndjson", ".jsonl", ".json.gz", ".ndjson.gz", ".jsonl.gz")
 _LOCAL_REF = re.compile(r"(?:^|/)([A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
+_REFERENCE = re.compile(r'"reference"\s*:\s*"([^"\\]*)"')
 
 OnIssue = Callable[[DataIssue], None]
 
@@ -69,9 +74,30 @@ def read_text_resources(
             yield from _document(line, f"{name}:{number}", on_issue)
 
 
+def loads(text: str | bytes) -> Any:
+    """JSON by orjson (several times faster than json); what orjson refuses (invalid JSON, NaN)
+    goes to json, which accepts what it always did and says where the error is."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
+def references_in_text(text: str | bytes) -> list[str] | None:
+    """Every ``reference`` string of a JSON text, read from the text itself (a regular expression
+    is far cheaper than walking the parsed document); None when the text may hold one that the
+    expression cannot read exactly (an escape sequence, a "reference" that is not a string key)."""
+    if isinstance(text, bytes):
+        text = text.decode()
+    if "\\" in text:
+        return None
+    found: list[str] = _REFERENCE.findall(text)
+    return found if len(found) == text.count('"reference"') else None
+
+
 def _document(text: str, where: str, on_issue: OnIssue) -> Iterator[Json]:
     try:
-        data = json.loads(text)
+        data = loads(text)
     except json.JSONDecodeError as exc:
         on_issue(
             DataIssue(where, f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
@@ -82,6 +108,8 @@ def _document(text: str, where: str, on_issue: OnIssue) -> Iterator[Json]:
         on_issue(DataIssue(where, problem))
     elif data["resourceType"] == "Bundle":
         yield from _bundle(data, where, on_issue)
+    elif _all_local(text):
+        yield data  # localising would change nothing: the resource is not walked
     else:
         yield localise_references(data, {})
 
@@ -149,6 +177,12 @@ def localise_references(value: Any, aliases: dict[str, str]) -> Any:
     """Rewrite every ``reference`` to ``Type/id`` where it can be done without guessing:
     a known full URL, an absolute URL ending in ``Type/id``, or a ``_history`` suffix."""
     return map_references(value, lambda reference: _local(reference, aliases))
+
+
+def _all_local(text: str) -> bool:
+    """Whether every reference in a single resource's text is already local."""
+    found = references_in_text(text)
+    return found is not None and all(_local(r, {}) == r for r in found)
 
 
 def _local(reference: str, aliases: dict[str, str]) -> str:

@@ -8,14 +8,15 @@ attached to each patient whose resources reference them.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from fhir_match.files import map_references
+import orjson
+
+from fhir_match.files import loads, map_references, references_in_text
 from fhir_match.records import Json, PatientRecord
 
 __all__ = ["group_by_patient", "patient_of"]
@@ -61,8 +62,8 @@ def group_by_patient(
         try:
             db.executescript(
                 "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
-                "CREATE TABLE owned (patient TEXT, is_patient INTEGER, seq INTEGER, body TEXT);"
-                "CREATE TABLE shared (ref TEXT PRIMARY KEY, body TEXT);"
+                "CREATE TABLE owned (patient TEXT, is_patient INTEGER, seq INTEGER, body BLOB);"
+                "CREATE TABLE shared (ref TEXT PRIMARY KEY, body BLOB);"
             )
             _spill(db, resources)
             db.execute("CREATE INDEX owned_by_patient ON owned (patient, is_patient DESC, seq)")
@@ -72,10 +73,10 @@ def group_by_patient(
 
 
 def _spill(db: sqlite3.Connection, resources: Iterable[Json]) -> None:
-    owned: list[tuple[str, int, int, str]] = []
-    shared: list[tuple[str, str]] = []
+    owned: list[tuple[str, int, int, bytes]] = []
+    shared: list[tuple[str, bytes]] = []
     for seq, resource in enumerate(resources):
-        body = json.dumps(resource, ensure_ascii=False, separators=(",", ":"))
+        body = orjson.dumps(resource)
         patient = patient_of(resource)
         if patient is not None:
             owned.append((patient, resource["resourceType"] == "Patient", seq, body))
@@ -87,7 +88,9 @@ def _spill(db: sqlite3.Connection, resources: Iterable[Json]) -> None:
 
 
 def _flush(
-    db: sqlite3.Connection, owned: list[tuple[str, int, int, str]], shared: list[tuple[str, str]]
+    db: sqlite3.Connection,
+    owned: list[tuple[str, int, int, bytes]],
+    shared: list[tuple[str, bytes]],
 ) -> None:
     db.executemany("INSERT INTO owned VALUES (?, ?, ?, ?)", owned)
     db.executemany("INSERT OR REPLACE INTO shared VALUES (?, ?)", shared)
@@ -99,21 +102,28 @@ def _read_back(db: sqlite3.Connection) -> Iterator[PatientRecord]:
     rows = db.execute("SELECT patient, body FROM owned ORDER BY patient, is_patient DESC, seq")
     current: str | None = None
     bodies: list[Json] = []
+    references: set[str] = set()
     for patient, body in rows:
         if patient != current and current is not None:
-            yield _record(db, current, bodies)
+            yield _record(db, current, bodies, references)
             bodies = []
+            references = set()
         current = patient
-        bodies.append(json.loads(body))
+        resource = loads(body)
+        bodies.append(resource)
+        found = references_in_text(body)
+        references.update(found if found is not None else _references(resource))
     if current is not None:
-        yield _record(db, current, bodies)
+        yield _record(db, current, bodies, references)
 
 
-def _record(db: sqlite3.Connection, patient: str, resources: list[Json]) -> PatientRecord:
-    wanted = sorted(ref for ref in _references(resources) if not ref.startswith("Patient/"))
+def _record(
+    db: sqlite3.Connection, patient: str, resources: list[Json], references: set[str]
+) -> PatientRecord:
+    wanted = sorted(ref for ref in references if not ref.startswith("Patient/"))
     attached: list[Json] = []
     if wanted:
         marks = ",".join("?" * len(wanted))
         query = f"SELECT body FROM shared WHERE ref IN ({marks}) ORDER BY ref"  # noqa: S608
-        attached = [json.loads(body) for (body,) in db.execute(query, wanted)]
+        attached = [loads(body) for (body,) in db.execute(query, wanted)]
     return PatientRecord(patient, (*resources, *attached))

@@ -18,10 +18,11 @@ Resources that are changed are copied; the input is not modified.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+
+import orjson
 
 from fhir_match.records import DataIssue, Json, PatientRecord
 from fhir_match.terminology import (
@@ -97,7 +98,7 @@ def normalise(record: PatientRecord, normaliser: Normaliser) -> Normalised:
             resource = _platelets_in_canonical_unit(resource, normaliser.platelet_units, issues)
         if _readable(resource, normaliser):
             resources.append(resource)
-    codings = frozenset(_hierarchical_codings(resources))
+    codings = frozenset().union(*(_hierarchical_codings(r) for r in resources if _may_nest(r)))
     bundle = {
         "resourceType": "Bundle",
         "type": "collection",
@@ -251,14 +252,29 @@ def _json_number(value: Decimal) -> int | float:
     return int(value) if value == value.to_integral_value() else float(value)
 
 
-def _hierarchical_codings(value: Any) -> Iterator[Coding]:
-    if isinstance(value, dict):
-        system = value.get("system")
-        if system in HIERARCHICAL_SYSTEMS and isinstance(value.get("code"), str):
-            yield (system, value["code"])
-        for item in value.values():
-            if isinstance(item, dict | list):
-                yield from _hierarchical_codings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _hierarchical_codings(item)
+_HIERARCHICAL_MARKS = tuple(orjson.dumps(system) for system in HIERARCHICAL_SYSTEMS)
+
+
+def _may_nest(resource: Json) -> bool:
+    """Whether the resource may hold a code of a hierarchical system: a "system" equal to one is
+    that quoted string in its JSON. Most resources (LOINC-coded results) hold none, and
+    serialising one is far cheaper than walking it."""
+    text = orjson.dumps(resource)
+    return any(mark in text for mark in _HIERARCHICAL_MARKS)
+
+
+def _hierarchical_codings(value: Any) -> set[Coding]:
+    """Every (system, code) of a hierarchical system anywhere in ``value``: walked with a stack,
+    not recursion, as this visits every element of every resource of the population."""
+    found: set[Coding] = set()
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            system = item.get("system")
+            if system in HIERARCHICAL_SYSTEMS and isinstance(item.get("code"), str):
+                found.add((system, item["code"]))
+            stack.extend(v for v in item.values() if isinstance(v, dict | list))
+        else:
+            stack.extend(v for v in item if isinstance(v, dict | list))
+    return found

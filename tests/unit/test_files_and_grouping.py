@@ -66,6 +66,30 @@ def test_searchset_absolute_urls_and_history_become_local(tmp_path: Path) -> Non
     assert resources[0]["subject"]["reference"] == "Patient/p1"
 
 
+def test_ndjson_references_are_localised_whatever_form_the_text_takes(tmp_path: Path) -> None:
+    """Single resources skip the walk when their text shows every reference already local; an
+    escape, a spaced key or a non-local reference must still be localised."""
+    escaped = "https:\\/\\/ehr.example\\/fhir\\/Patient\\/p1"
+    lines = [
+        '{"resourceType":"Condition","id":"c1","subject":{"reference":"Patient/p1"}}',
+        '{"resourceType":"Condition","id":"c2","subject":{"reference" : "ABS/Patient/p1"}}',
+        '{"resourceType":"Condition","id":"c3","subject":{"reference":"ESC"},'
+        '"note":[{"text":"say \\"hi\\""}]}',
+        '{"resourceType":"Condition","id":"c4","subject":{"\\u0072eference":"ABS/Patient/p1"}}',
+        '{"resourceType":"Condition","id":"c5","code":{"text":"reference"},'
+        '"subject":{"reference":"Patient/p1"},"evidence":[{"detail":[{"reference":"ABS/Observation/o1"}]}]}',
+    ]
+    lines = [
+        line.replace("ABS", "https://ehr.example/fhir").replace("ESC", escaped) for line in lines
+    ]
+    (tmp_path / "Condition.ndjson").write_text("\n".join(lines) + "\n")
+    resources, issues = _read(tmp_path)
+    assert not issues
+    assert [r["subject"]["reference"] for r in resources] == ["Patient/p1"] * 5
+    assert resources[0] == json.loads(lines[0])
+    assert resources[4]["evidence"][0]["detail"][0]["reference"] == "Observation/o1"
+
+
 def test_bad_lines_are_reported_with_file_and_line_and_the_rest_is_read(tmp_path: Path) -> None:
     lines = [
         json.dumps({"resourceType": "Patient", "id": "p1"}),

@@ -28,6 +28,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Protocol, TypeAlias, cast
 
+import orjson
+
 from fhir_match.config import PROJECT_DIR
 from fhir_match.errors import ConfigError, EngineError, TranslationError
 
@@ -158,15 +160,11 @@ class _NodeProcess:
     def request(self, payload: Mapping[str, object], timeout_s: float) -> dict[str, object]:
         """Send one request and return its response; TimeoutError or _ProcessGone otherwise."""
         self._last_id += 1
-        line = json.dumps(
-            {"id": self._last_id, **payload},
-            ensure_ascii=False,
-            separators=(",", ":"),
-            default=_plain_mapping,
-        )
-        answer = self._exchange(line.encode() + b"\n", time.monotonic() + timeout_s)
+        # orjson: the Bundles of a batch are most of the bytes, and it writes them ~5x faster.
+        line = orjson.dumps({"id": self._last_id, **payload}, default=_plain_mapping)
+        answer = self._exchange(line + b"\n", time.monotonic() + timeout_s)
         try:
-            response = json.loads(answer)
+            response = orjson.loads(answer)
         except ValueError:
             response = None
         if not isinstance(response, dict) or response.get("id") != self._last_id:
@@ -449,7 +447,7 @@ class NodeCqlEngine:
 
 
 def _plain_mapping(value: object) -> dict[str, object]:
-    """json.dumps writes dicts only; a Bundle may be any Mapping."""
+    """orjson writes dicts only; a Bundle may be any Mapping."""
     if isinstance(value, Mapping):
         return dict(value)
     raise TypeError(f"{type(value).__name__} is not JSON")
