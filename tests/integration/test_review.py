@@ -42,6 +42,8 @@ CLIENT_ID = "fhir-match-review"
 USER, PASSWORD, FHIR_USER = "coordinator", "coordinator", "Practitioner/coordinator-1"
 SHOTS = ROOT / "var" / "screenshots" / "review"
 APP_START_S = 60
+ACTION_TIMEOUT_MS = 90_000
+"""Keycloak's sign-in and HAPI's reads on a loaded 2-core machine can pass Playwright's 30 s."""
 PATIENTS, SEED = 40, 11
 """Everyone with an ITP history (itp_share 1.0), so the run's cohort is the whole file."""
 
@@ -138,6 +140,7 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
 def page(browser: Browser) -> Iterator[Page]:
     """One signed-in coordinator for the whole file."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(ACTION_TIMEOUT_MS)
     page = context.new_page()
     yield page
     context.close()
@@ -213,6 +216,7 @@ def test_an_ehr_launch_passes_its_launch_and_audience(
     app: App, browser: Browser, fhir: FhirClient
 ) -> None:
     context = browser.new_context()
+    context.set_default_timeout(ACTION_TIMEOUT_MS)
     ehr = context.new_page()
     authorize: list[str] = []
     ehr.on(
@@ -236,6 +240,7 @@ def test_an_ehr_launch_passes_its_launch_and_audience(
 
 def test_bad_launches_get_a_clear_page(app: App, browser: Browser) -> None:
     context = browser.new_context()
+    context.set_default_timeout(ACTION_TIMEOUT_MS)
     tab = context.new_page()
     foreign = tab.goto(f"{app.url}/launch?iss=https://ehr.invalid/fhir&launch=x")
     assert foreign is not None
