@@ -13,7 +13,6 @@ Bandwidth is not limited; order is kept.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -82,6 +81,15 @@ class DelayProxy:
         self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
     ) -> None:
         try:
+            await self._relay(client_reader, client_writer)
+        except asyncio.CancelledError:
+            # The proxy is stopping with the connection open: the end, not an error.
+            client_writer.close()
+
+    async def _relay(
+        self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    ) -> None:
+        try:
             await asyncio.sleep(2 * self.one_way_s)  # the handshake's round trip
             server_reader, server_writer = await asyncio.open_connection(
                 self.target_host, self.target_port
@@ -97,8 +105,6 @@ class DelayProxy:
         finally:
             for writer in (server_writer, client_writer):
                 writer.close()
-                with contextlib.suppress(ConnectionError):
-                    await writer.wait_closed()
 
     def start(self) -> DelayProxy:
         """Start listening; returns once the port is open."""

@@ -3,6 +3,7 @@ loopback: bytes arrive whole and in order, and every round trip pays the latency
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import socketserver
@@ -85,3 +86,18 @@ def test_a_stopped_proxy_refuses_connections(echo_port: int) -> None:
     proxy.stop()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def test_stopping_with_a_connection_open_is_quiet(
+    echo_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = DelayProxy("127.0.0.1", echo_port, 10).start()
+    with (
+        caplog.at_level(logging.ERROR, logger="asyncio"),
+        socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock,
+    ):
+        sock.sendall(b"ping")
+        assert _receive(sock, 4) == b"ping"
+        proxy.stop()
+        assert sock.recv(4) == b""  # closed by the proxy
+    assert not caplog.records
