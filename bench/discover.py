@@ -504,9 +504,15 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(12, 5))
     sizes = [r["size"] for r in results]
     every = [mode for mode in results[0]["modes"] if all(mode in r["modes"] for r in results)]
+    # A mode through the delay proxy: its loopback twin's colour, dashed.
+    latency = f" +{results[0].get('latency_ms') or 0:g}ms"
+    bases = list(dict.fromkeys(mode.removesuffix(latency) for mode in every))
     for mode in every:
+        base = mode.removesuffix(latency)
+        style = {"color": f"C{bases.index(base) % 10}", "linestyle": "--" if base != mode else "-"}
         for ax, key in zip(axes, ("ms_per_patient", "ms_per_itp"), strict=True):
-            ax.plot(sizes, [r["modes"][mode][key] for r in results], marker="o", label=mode)
+            values = [r["modes"][mode][key] for r in results]
+            ax.plot(sizes, values, marker="o", label=mode, **style)
     for ax, unit in zip(axes, ("population patient", "ITP patient (cohort)"), strict=True):
         ax.set_xscale("log")
         ax.set_yscale("log")
