@@ -1,7 +1,7 @@
 """Benchmark cohort discovery against the local HAPI FHIR server, every approach side by side.
 
 Usage: .venv/bin/python bench/discover.py [--sizes 1000,10000] [--large] [--seed 5]
-                                          [--out var/bench/discover]
+                                          [--latency-ms 20] [--out var/bench/discover]
 
 For each population size it generates a synthetic population, loads it into the server under
 a run tag of its own (once: loading resumes, and is skipped when complete; not timed), then
@@ -16,7 +16,14 @@ runs discovery of KN5501 over that tag in five ways, on the same data, one after
 
 It prints wall time, patients per second, HTTP requests per ITP patient (the cohort found)
 and peak memory (VmHWM) of each, the HAPI server's memory, and the ratios against the goals:
-naive at least 5x slower than ours, ours within 1.3x of the lower bound. All figures go to
+naive at least 5x slower than ours, ours within 1.3x of the lower bound.
+
+With ``--latency-ms N`` the search modes (ours through the worker and in-process, the naive
+approach, the lower bound) run a second time, on the same data, through a proxy that adds
+an N ms round trip to every request (bench/latency.py): on loopback a request costs only
+the server's time, so the naive approach's many more requests barely show; across a
+hospital network each one also pays the round trip. Both sets of figures and ratios are
+printed. All figures go to
 ``discover.json`` and a plot of cost per patient against population size to
 ``discover-cost.png`` in ``--out``. In-process modes run in child processes, so each peak
 is its own.
@@ -37,8 +44,10 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from latency import DelayProxy
 
 from fhir_match.config import PROJECT_DIR, load_settings
 from fhir_match.fhir import FhirClient
@@ -210,13 +219,15 @@ def in_process(mode: str, tag: str) -> dict[str, Any]:
     }
 
 
-def run_child(mode: str, tag: str) -> dict[str, Any]:
+def run_child(mode: str, tag: str, env: dict[str, str]) -> dict[str, Any]:
+    """One in-process mode in a child process; ``env`` adds to its environment."""
     child = subprocess.run(
         [sys.executable, __file__, "--child", mode, tag],
         check=True,
         cwd=ROOT,
         capture_output=True,
         text=True,
+        env={**os.environ, **env},
     )
     figures: dict[str, Any] = json.loads(child.stdout.splitlines()[-1])
     figures["memory"] = (
@@ -237,8 +248,9 @@ class Worker:
     log: IO[bytes]
 
     @classmethod
-    def start(cls, log: Path) -> Worker:
-        """Its banner and warnings go to ``log``, not between the benchmark's figures."""
+    def start(cls, log: Path, env: dict[str, str]) -> Worker:
+        """Its banner and warnings go to ``log``, not between the benchmark's figures;
+        ``env`` adds to its environment (the FHIR server's address)."""
         from worker.app import app
 
         queue = f"bench-{uuid.uuid4().hex[:8]}"
@@ -264,7 +276,7 @@ class Worker:
                 "--without-gossip",
             ],
             cwd=ROOT,
-            env=os.environ.copy(),
+            env={**os.environ, **env},
             stdout=subprocess.DEVNULL,
             stderr=output,
         )
@@ -328,9 +340,11 @@ def worker_run(store: redis.Redis, worker: Worker, fetch: str, tag: str) -> dict
     }
 
 
-def worker_modes(store: redis.Redis, fetch: str, tag: str, log: Path) -> list[dict[str, Any]]:
+def worker_modes(
+    store: redis.Redis, fetch: str, tag: str, log: Path, env: dict[str, str]
+) -> list[dict[str, Any]]:
     """A first and a repeat run in a fresh worker; the worker's peak memory covers both."""
-    worker = Worker.start(log)
+    worker = Worker.start(log, env)
     try:
         first = worker_run(store, worker, fetch, tag)
         repeat = worker_run(store, worker, fetch, tag)
@@ -348,7 +362,18 @@ def worker_modes(store: redis.Redis, fetch: str, tag: str, log: Path) -> list[di
 # --- one size, all modes ----------------------------------------------------------------
 
 
-def measure(size: int, seed_: int, out: Path) -> dict[str, Any]:
+def with_latency(label: str, latency_ms: float) -> str:
+    """A mode's label when its requests go through the delaying proxy."""
+    return f"{label} +{latency_ms:g}ms" if latency_ms else label
+
+
+def proxied(base_url: str, port: int) -> str:
+    """``base_url`` with its host and port replaced by the proxy's (loopback)."""
+    parts = urlsplit(base_url)
+    return urlunsplit(parts._replace(netloc=f"127.0.0.1:{port}"))
+
+
+def measure(size: int, seed_: int, out: Path, latency_ms: float = 0) -> dict[str, Any]:
     settings = load_settings()
     started = time.perf_counter()
     folder = population(size, seed_, out)
@@ -364,24 +389,33 @@ def measure(size: int, seed_: int, out: Path) -> dict[str, Any]:
     store = redis.Redis.from_url(settings.redis_url, socket_timeout=30)
     hapi = _hapi_pid()
     modes: dict[str, dict[str, Any]] = {}
+    log = out / "worker.log"
 
-    def server_memory(name: str, before: float) -> None:
-        for label in [k for k in modes if k.startswith(name)]:
-            modes[label]["server_rss_before_mb"] = before
-            modes[label]["server_rss_after_mb"] = _status_mb(hapi, "VmRSS")
-            modes[label]["server_hwm_mb"] = _status_mb(hapi, "VmHWM")
-        print(f"  {name} done", flush=True)
+    def record(labels: list[str], results: list[dict[str, Any]], before: float) -> None:
+        """Store a step's figures with the server's memory before and after it."""
+        for label, figures in zip(labels, results, strict=True):
+            figures["server_rss_before_mb"] = before
+            figures["server_rss_after_mb"] = _status_mb(hapi, "VmRSS")
+            figures["server_hwm_mb"] = _status_mb(hapi, "VmHWM")
+            modes[label] = figures
+            print(f"  {label}: {figures['seconds']:.1f}s", flush=True)
 
-    before = _status_mb(hapi, "VmRSS")
-    modes[SEARCH_FIRST], modes[SEARCH] = worker_modes(store, "search", tag, out / "worker.log")
-    server_memory("ours (worker", before)
-    for mode in (IN_PROCESS, LOWER, NAIVE):
+    def search_modes(env: dict[str, str], delay: float) -> None:
         before = _status_mb(hapi, "VmRSS")
-        modes[mode] = run_child(mode, tag)
-        server_memory(mode, before)
+        labels = [with_latency(SEARCH_FIRST, delay), with_latency(SEARCH, delay)]
+        record(labels, worker_modes(store, "search", tag, log, env), before)
+        for mode in (IN_PROCESS, LOWER, NAIVE):
+            before = _status_mb(hapi, "VmRSS")
+            record([with_latency(mode, delay)], [run_child(mode, tag, env)], before)
+
+    search_modes({}, 0)
     before = _status_mb(hapi, "VmRSS")
-    modes[BULK_FIRST], modes[BULK] = worker_modes(store, "bulk", tag, out / "worker.log")
-    server_memory("bulk", before)
+    record([BULK_FIRST, BULK], worker_modes(store, "bulk", tag, log, {}), before)
+    if latency_ms:
+        target = urlsplit(settings.fhir.base_url)
+        with DelayProxy(target.hostname or "127.0.0.1", target.port or 80, latency_ms) as proxy:
+            env = {"FHIR_BASE_URL": proxied(settings.fhir.base_url, proxy.port)}
+            search_modes(env, latency_ms)
     for figures in modes.values():
         cohort = max(figures["cohort"], 1)
         figures["cohort_per_s"] = figures["cohort"] / figures["seconds"]
@@ -389,7 +423,14 @@ def measure(size: int, seed_: int, out: Path) -> dict[str, Any]:
         figures["requests_per_itp"] = figures["requests"] / cohort
         figures["ms_per_patient"] = 1000 * figures["seconds"] / size
         figures["ms_per_itp"] = 1000 * figures["seconds"] / cohort
-    return {"size": size, "tag": tag, "synth_s": generated, "seed_s": loaded, "modes": modes}
+    return {
+        "size": size,
+        "tag": tag,
+        "synth_s": generated,
+        "seed_s": loaded,
+        "latency_ms": latency_ms,
+        "modes": modes,
+    }
 
 
 def ratios(result: dict[str, Any]) -> list[tuple[str, float, str]]:
@@ -403,15 +444,24 @@ def ratios(result: dict[str, Any]) -> list[tuple[str, float, str]]:
         return f"goal {text}: {'MET' if ok else 'NOT MET'}"
 
     rows = []
-    for ours in (SEARCH, IN_PROCESS):
-        r = s(NAIVE) / s(ours)
-        rows.append((f"(a) naive / {ours}", r, goal(r >= 5, ">= 5")))
-    after = (s(NAIVE) - m[NAIVE]["find_s"]) / (s(IN_PROCESS) - m[IN_PROCESS]["find_s"])
-    text = "(a) naive / ours (in-process), after the cohort search"
-    rows.append((text, after, goal(after >= 5, ">= 5")))
-    for ours in (SEARCH, IN_PROCESS):
-        r = s(ours) / s(LOWER)
-        rows.append((f"(b) {ours} / lower bound", r, goal(r <= 1.3, "<= 1.3")))
+    for delay in sorted({0.0, float(result.get("latency_ms") or 0)}):
+
+        def at(mode: str, delay: float = delay) -> str:
+            return with_latency(mode, delay)
+
+        where = f", {delay:g} ms round trip" if delay else ""
+        for ours in (SEARCH, IN_PROCESS):
+            r = s(at(NAIVE)) / s(at(ours))
+            rows.append((f"(a) naive / {ours}{where}", r, goal(r >= 5, ">= 5")))
+        naive, in_process = m[at(NAIVE)], m[at(IN_PROCESS)]
+        after = (naive["seconds"] - naive["find_s"]) / (
+            in_process["seconds"] - in_process["find_s"]
+        )
+        text = f"(a) naive / ours (in-process), after the cohort search{where}"
+        rows.append((text, after, goal(after >= 5, ">= 5")))
+        for ours in (SEARCH, IN_PROCESS):
+            r = s(at(ours)) / s(at(LOWER))
+            rows.append((f"(b) {ours} / lower bound{where}", r, goal(r <= 1.3, "<= 1.3")))
     rows.append(("(c) bulk / search, time (worker, repeat runs)", s(BULK) / s(SEARCH), ""))
     requests = m[BULK]["requests"] / max(m[SEARCH]["requests"], 1)
     rows.append(("(c) bulk / search, requests", requests, ""))
@@ -422,8 +472,10 @@ def report(result: dict[str, Any]) -> None:
     size = result["size"]
     cohort = result["modes"][SEARCH]["cohort"]
     print(f"\n{size} patients, {cohort} in the cohort (ITP patients found)")
+    if result.get("latency_ms"):
+        print(f"modes marked +{result['latency_ms']:g}ms: every request through the delay proxy")
     print(
-        f"{'mode':<26} {'wall s':>7} {'find s':>7} {'ITP/s':>7} {'pop/s':>7} {'req/ITP':>8} "
+        f"{'mode':<34} {'wall s':>7} {'find s':>7} {'ITP/s':>7} {'pop/s':>7} {'req/ITP':>8} "
         f"{'req':>6} {'written':>7} {'fail':>4} {'HAPI RSS MB before>after (HWM)':>31}  "
         "peak MB"
     )
@@ -434,12 +486,12 @@ def report(result: dict[str, Any]) -> None:
         )
         find = f"{f['find_s']:.1f}" if "find_s" in f else "-"
         print(
-            f"{name:<26} {f['seconds']:>7.1f} {find:>7} {f['cohort_per_s']:>7.1f} "
+            f"{name:<34} {f['seconds']:>7.1f} {find:>7} {f['cohort_per_s']:>7.1f} "
             f"{f['population_per_s']:>7.0f} {f['requests_per_itp']:>8.2f} {f['requests']:>6} "
             f"{f['written']:>7} {f['failures']:>4} {server:>31}  {f['memory']}"
         )
     for what, ratio, verdict in ratios(result):
-        print(f"{what:<56} {ratio:>6.2f}x  {verdict}")
+        print(f"{what:<72} {ratio:>6.2f}x  {verdict}")
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
@@ -451,9 +503,16 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 
     figure, axes = plt.subplots(1, 2, figsize=(12, 5))
     sizes = [r["size"] for r in results]
-    for mode in results[0]["modes"]:
+    every = [mode for mode in results[0]["modes"] if all(mode in r["modes"] for r in results)]
+    # A mode through the delay proxy: its loopback twin's colour, dashed.
+    latency = f" +{results[0].get('latency_ms') or 0:g}ms"
+    bases = list(dict.fromkeys(mode.removesuffix(latency) for mode in every))
+    for mode in every:
+        base = mode.removesuffix(latency)
+        style = {"color": f"C{bases.index(base) % 10}", "linestyle": "--" if base != mode else "-"}
         for ax, key in zip(axes, ("ms_per_patient", "ms_per_itp"), strict=True):
-            ax.plot(sizes, [r["modes"][mode][key] for r in results], marker="o", label=mode)
+            values = [r["modes"][mode][key] for r in results]
+            ax.plot(sizes, values, marker="o", label=mode, **style)
     for ax, unit in zip(axes, ("population patient", "ITP patient (cohort)"), strict=True):
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -471,6 +530,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000")
     parser.add_argument("--large", action="store_true", help="add 50,000 patients")
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0,
+        help="also run the search modes with this round trip added to every request",
+    )
     parser.add_argument("--out", type=Path, default=PROJECT_DIR / "var" / "bench" / "discover")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -482,7 +547,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for size in sizes:
-        results.append(measure(size, args.seed, args.out))
+        results.append(measure(size, args.seed, args.out, args.latency_ms))
         report(results[-1])
         # Written after each size, so a long run leaves what it has measured so far.
         (args.out / "discover.json").write_text(json.dumps(results, indent=2) + "\n")

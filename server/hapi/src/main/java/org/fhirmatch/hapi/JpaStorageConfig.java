@@ -102,6 +102,8 @@ public class JpaStorageConfig {
 		props.put(AvailableSettings.STATEMENT_BATCH_SIZE, "20");
 		props.put(AvailableSettings.USE_SECOND_LEVEL_CACHE, "false");
 		props.put(AvailableSettings.USE_QUERY_CACHE, "false");
+		// HAPI's resource id look-ups in a form H2 answers from an index (see the class).
+		props.put(AvailableSettings.STATEMENT_INSPECTOR, new IdLookupRewriter());
 		// No Lucene/Elasticsearch full-text index.
 		props.put("hibernate.search.enabled", "false");
 		emf.setPersistenceUnitName("HAPI_PU");
