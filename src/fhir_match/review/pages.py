@@ -18,6 +18,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
 from fhir_match.config import FhirSettings
+from fhir_match.discovery import read_subjects
 from fhir_match.errors import FhirError
 from fhir_match.evaluate.study import Study
 from fhir_match.fhir import FhirClient
@@ -111,7 +112,7 @@ class Pages:
                 ref = reads.study_reference(client, study)
                 rows = (
                     candidate_rows(
-                        reads.subjects(client, study, ref, self.settings.tag), {}, None, None
+                        list(read_subjects(client, study, ref, self.settings.tag)), {}, None, None
                     )
                     if ref and user.grant.can_read("ResearchSubject")
                     else []
@@ -143,7 +144,7 @@ class Pages:
         query = request.query_params
         with self._client(user) as client:
             ref = reads.study_reference(client, study)
-            subjects = reads.subjects(client, study, ref, self.settings.tag) if ref else []
+            subjects = list(read_subjects(client, study, ref, self.settings.tag)) if ref else []
             latest, previous = self._snapshots(client, ref) if ref else (None, None)
             people = reads.patients(
                 client, [str(s["individual"]["reference"]) for s in subjects], user.grant
@@ -254,7 +255,7 @@ class Pages:
                 status=403,
                 message="Your access does not include recording decisions.",
             )
-        return await _run_sync(self._decide, request, user, fields)
+        return await run_in_threadpool(self._decide, request, user, fields)
 
     def _decide(self, request: Request, user: User, fields: dict[str, str]) -> Response:
         study = self._study(request.path_params["study"])
@@ -376,7 +377,3 @@ def funnel_steps(funnel: Funnel, study: Study) -> list[dict[str, Any]]:
     steps.append(_step("Potential candidates", 0, funnel.potential_candidates))
     steps.append(_step("Candidates", 0, funnel.candidates))
     return steps
-
-
-async def _run_sync(function: Callable[..., Response], *args: Any) -> Response:
-    return await run_in_threadpool(function, *args)

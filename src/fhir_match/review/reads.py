@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from fhir_match.discovery import read_subjects
 from fhir_match.evaluate.study import Study
 from fhir_match.fhir import FhirClient, Search
 from fhir_match.records import Json
@@ -26,7 +25,6 @@ __all__ = [
     "patients",
     "run_groups",
     "study_reference",
-    "subjects",
 ]
 
 IDS_PER_SEARCH = 100
@@ -44,10 +42,6 @@ def study_reference(client: FhirClient, study: Study) -> str | None:
     """``ResearchStudy/<id>`` fhir-match wrote for the study, or None before its first run."""
     found = next(_resources(client, study_search(study).count(1)), None)
     return f"ResearchStudy/{found['id']}" if found else None
-
-
-def subjects(client: FhirClient, study: Study, study_ref: str, tag: str) -> list[Json]:
-    return list(read_subjects(client, study, study_ref, tag))
 
 
 def run_groups(client: FhirClient, study_ref: str, tag: str, limit: int) -> list[Json]:
