@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from fhir_match.fhir import FhirClient, Search
+from fhir_match.fhir import SEARCHES_IN_FLIGHT, FhirClient, Search
 from fhir_match.files import localise_references
 from fhir_match.grouping import group_by_patient
 from fhir_match.records import DataIssue, Json, PatientRecord
@@ -63,11 +63,6 @@ class RecordSearch:
         elements = f"{self.patient_element},identifier"
         return search.where("_elements", elements).count(PAGE_SIZE)
 
-
-SEARCHES_IN_FLIGHT = 4
-"""A batch's searches (one per resource type) run side by side: the server answers them in
-parallel, and one slow type (Observations, the bulk of a record) no longer holds up the
-others. Four keeps a shared server's load modest."""
 
 _PATIENT_SEARCH = {
     "Patient": ("_id", "id"),
@@ -146,6 +141,8 @@ def fetch_records(
     """
     wanted = set(patients)
     resources: dict[str, Json] = {}
+    # One search per resource type and chunk, side by side: one slow type (Observations,
+    # the bulk of a record) does not hold up the others.
     jobs = [s.search(chunk) for chunk in patient_chunks(patients) for s in searches]
     with ThreadPoolExecutor(SEARCHES_IN_FLIGHT) as pool:
         for page_set in pool.map(lambda search: list(_resources(client, search)), jobs):

@@ -26,10 +26,13 @@ from fhir_match.fhir.transport import (
     transport_errors,
 )
 
-__all__ = ["FHIR_JSON", "FhirClient"]
+__all__ = ["FHIR_JSON", "SEARCHES_IN_FLIGHT", "FhirClient"]
 
 FHIR_JSON = "application/fhir+json"
 USER_AGENT = "fhir-match"
+SEARCHES_IN_FLIGHT = 4
+"""Searches fhir-match runs side by side against one server, from one process: the server
+answers them in parallel. Four keeps a shared server's load modest."""
 
 JsonObject = dict[str, Any]
 
