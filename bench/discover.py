@@ -53,6 +53,7 @@ from fhir_match.config import PROJECT_DIR, load_settings
 from fhir_match.fhir import FhirClient
 from fhir_match.seed import seed, state_path
 from fhir_match.synth import generate
+from worker.process import WorkerNotReady, WorkerProcess, start_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = "kn5501"
@@ -243,50 +244,24 @@ def run_child(mode: str, tag: str, env: dict[str, str]) -> dict[str, Any]:
 class Worker:
     """A Celery worker process of our own, on its own queue (as the integration tests do)."""
 
-    process: subprocess.Popen[bytes]
-    queue: str
+    process: WorkerProcess
     log: IO[bytes]
+
+    @property
+    def queue(self) -> str:
+        return self.process.queue
 
     @classmethod
     def start(cls, log: Path, env: dict[str, str]) -> Worker:
         """Its banner and warnings go to ``log``, not between the benchmark's figures;
         ``env`` adds to its environment (the FHIR server's address)."""
-        from worker.app import app
-
-        queue = f"bench-{uuid.uuid4().hex[:8]}"
-        node = f"{queue}@localhost"
         output = log.open("ab")
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker.app",
-                "worker",
-                "-Q",
-                queue,
-                "-n",
-                node,
-                "--concurrency",
-                "2",
-                "--loglevel",
-                "WARNING",
-                "--without-mingle",
-                "--without-gossip",
-            ],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=output,
-        )
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not app.control.ping(destination=[node], timeout=1.0):
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                output.close()
-                raise SystemExit(f"the benchmark's worker did not start: see {log}")
-        return cls(process, queue, output)
+        try:
+            process = start_worker("bench", env=env, stderr=output, ready_timeout_s=READY_TIMEOUT_S)
+        except WorkerNotReady as exc:
+            output.close()
+            raise SystemExit(f"the benchmark's worker: {exc}; see {log}") from exc
+        return cls(process, output)
 
     def memory(self) -> dict[str, float]:
         """Peak memory: the largest pool process with its Node engine, and the whole tree."""
@@ -295,8 +270,7 @@ class Worker:
         return {"largest_pool_mb": max(pools, default=0.0), "tree_mb": _tree_mb(pid)}
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=60)
+        self.process.stop()
         self.log.close()
 
 

@@ -6,10 +6,6 @@ start. Everything a test creates on the FHIR server carries a run tag and is del
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,8 +17,7 @@ from fhir_match.config import Settings
 from fhir_match.errors import FhirError
 from fhir_match.fhir import FhirClient, Search
 from fhir_match.seed import TAG_SYSTEM
-
-from ..conftest import ROOT
+from worker.process import WorkerNotReady, WorkerProcess, start_worker
 
 READY_TIMEOUT_S = 60
 
@@ -79,50 +74,15 @@ def redis_client(settings: Settings) -> redis.Redis:
     return client
 
 
-@dataclass(frozen=True)
-class WorkerProcess:
-    queue: str
-    pid: int
-
-
 @pytest.fixture(scope="session")
 def celery_worker(redis_client: redis.Redis) -> Iterator[WorkerProcess]:
     """A real Celery worker in its own process, on a queue of its own so no other worker
     (the stack's, say) can take these tests' tasks."""
-    from worker.app import app
-
-    queue = f"test-{uuid.uuid4().hex[:8]}"
-    node = f"{queue}@localhost"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.app",
-            "worker",
-            "-Q",
-            queue,
-            "-n",
-            node,
-            "--concurrency",
-            "2",
-            "--loglevel",
-            "WARNING",
-            "--without-mingle",
-            "--without-gossip",
-        ],
-        cwd=ROOT,
-        env=os.environ.copy(),
-    )
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not app.control.ping(destination=[node], timeout=1.0):
-            if process.poll() is not None:
-                pytest.fail(f"the test worker exited with code {process.returncode}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"the test worker did not answer within {READY_TIMEOUT_S}s")
-        yield WorkerProcess(queue, process.pid)
+        worker = start_worker("test", ready_timeout_s=READY_TIMEOUT_S)
+    except WorkerNotReady as exc:
+        pytest.fail(f"the test worker: {exc}")
+    try:
+        yield worker
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        worker.stop(timeout_s=30)

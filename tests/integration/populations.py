@@ -19,9 +19,8 @@ from fhir_match.fhir import FhirClient
 from fhir_match.seed import remove_tagged, seed
 from fhir_match.synth.generate import generate
 from worker import runs
+from worker.process import WorkerProcess
 from worker.tasks import discover
-
-from .conftest import WorkerProcess
 
 AS_OF = "2026-06-01"
 RUN_TIMEOUT_S = 300

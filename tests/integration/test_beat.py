@@ -16,9 +16,9 @@ import redis
 
 from fhir_match.fhir import FhirClient
 from fhir_match.seed import remove_tagged
+from worker.process import WorkerProcess
 
 from ..conftest import ROOT
-from .conftest import WorkerProcess
 
 FINAL = ("done", "failed", "skipped")
 BEAT_TIMEOUT_S = 150

@@ -31,10 +31,10 @@ from fhir_match.screen import ScreenSummary, criterion_json, screen, study_engin
 from fhir_match.tagging import TAG_SYSTEM, tag_token
 from fhir_match.writeback import RUN_SYSTEM, funnel_of, match_of
 from worker import runs
+from worker.process import WorkerProcess
 from worker.tasks import screen_patients
 
 from ..conftest import ROOT
-from .conftest import WorkerProcess
 from .populations import AS_OF, RUN_TIMEOUT_S, STUDY, Population, loaded_population, run_discovery
 
 

@@ -29,9 +29,9 @@ from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 from fhir_match.fhir import FhirClient, Search
 from fhir_match.fhir.models import parse_resource, to_json
 from fhir_match.writeback import SUBJECT_SYSTEM
+from worker.process import WorkerProcess
 
 from ..conftest import ROOT
-from .conftest import WorkerProcess
 from .populations import AS_OF, Population, loaded_population, run_discovery
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")

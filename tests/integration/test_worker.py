@@ -6,9 +6,8 @@ import pytest
 
 from fhir_match.config import Settings
 from fhir_match.errors import FatalFhirError
+from worker.process import WorkerProcess
 from worker.tasks import check_fhir_server
-
-from .conftest import WorkerProcess
 
 RESULT_TIMEOUT_S = 60
 
