@@ -42,7 +42,14 @@ from fhir_match.writeback import RunInfo
 from worker import runs
 from worker.app import app
 
-__all__ = ["check_fhir_server", "discover", "finish_discovery", "screen_patients"]
+__all__ = [
+    "SINCE_MARGIN",
+    "check_fhir_server",
+    "discover",
+    "finish_discovery",
+    "run_scope",
+    "screen_patients",
+]
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +87,7 @@ def _close_engines(**_: object) -> None:
         _engines.popitem()[1].close()
 
 
-def _scope(study_id: str, tag: str) -> str:
+def run_scope(study_id: str, tag: str) -> str:
     """What a run locks, and whose last run an incremental run continues: the study, or
     the study's tagged population (test data; tagged runs touch nothing else)."""
     return f"{study_id}:{tag}" if tag else study_id
@@ -151,7 +158,7 @@ def discover(
     run_id = str(self.request.id)
     settings = _settings(base_url)
     store = _redis(settings)
-    scope = _scope(study_id, tag)
+    scope = run_scope(study_id, tag)
     if not runs.acquire_lock(store, scope, run_id):
         holder = runs.lock_holder(store, scope)
         runs.save_run(
@@ -322,7 +329,7 @@ def _finish(store: redis.Redis, run_id: str) -> dict[str, Any]:
         raise
     except Exception as exc:
         runs.save_run(store, run_id, state="failed", finished=_now(), error=_error(exc))
-        runs.release_lock(store, _scope(run["study"], run["tag"]), run_id)
+        runs.release_lock(store, run_scope(run["study"], run["tag"]), run_id)
         raise
     batches = run["batches"]
     clean = not batches["failures"] and not batches.get("failed_batches")
@@ -338,9 +345,9 @@ def _finish(store: redis.Redis, run_id: str) -> dict[str, Any]:
     if clean and not report.left_cohort.failed:
         runs.remember_last_run(
             store,
-            _scope(run["study"], run["tag"]),
+            run_scope(run["study"], run["tag"]),
             {"run": run_id, "started": run["started"], "full_started": run["full_started"]},
         )
     store.delete(f"{runs.PREFIX}:run:{run_id}:cohort")
-    runs.release_lock(store, _scope(run["study"], run["tag"]), run_id)
+    runs.release_lock(store, run_scope(run["study"], run["tag"]), run_id)
     return {"run": run_id, "state": "done", **report.as_json()}

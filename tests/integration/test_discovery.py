@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
@@ -32,7 +32,7 @@ from fhir_match.tagging import TAG_SYSTEM, tag_token
 from fhir_match.writeback import RUN_SYSTEM, funnel_of, match_of
 from worker import runs
 from worker.process import WorkerProcess
-from worker.tasks import screen_patients
+from worker.tasks import SINCE_MARGIN, run_scope, screen_patients
 
 from ..conftest import ROOT
 from .populations import AS_OF, RUN_TIMEOUT_S, STUDY, Population, loaded_population, run_discovery
@@ -248,6 +248,15 @@ def test_a_normal_newest_platelet_count_unlists_the_patient(
         for c in listed(fhir, population).values()
         if c.outcome == "candidate" and c.status == "candidate"
     )
+    # The look-back starts now, as if the last run had started 5 minutes from now: what
+    # was loaded and written before is unchanged, and only the new count is a change.
+    scope = run_scope(STUDY, population.tag)
+    last = runs.last_run(redis_client, scope)
+    assert last is not None
+    since = datetime.now(UTC).replace(microsecond=0)
+    runs.remember_last_run(
+        redis_client, scope, {**last, "started": (since + SINCE_MARGIN).isoformat()}
+    )
     count = {
         "resourceType": "Observation",
         "meta": {"tag": [{"system": TAG_SYSTEM, "code": population.tag}]},
@@ -268,11 +277,14 @@ def test_a_normal_newest_platelet_count_unlists_the_patient(
 
     assert run["state"] == "done"
     assert run["full"] is False
-    assert run["since"]  # only records changed since the last run's start were fetched
+    assert run["since"] == since.isoformat()
+    # Only the patient with the new record was fetched in full and evaluated again.
+    assert run["batches"]["unchanged"] == run["cohort"] - 1
+    assert run["batches"]["evaluated"] == 1
     funnel = funnel_of(run_group(fhir, run["run"]))
     assert funnel is not None
     assert funnel.scope == "incremental"  # counts only the patients it re-evaluated
-    assert funnel.found == run["cohort"] - run["batches"]["unchanged"]
+    assert funnel.found == 1
     assert dict(funnel.removed)["inc-3"] >= 1
     subject = to_json(fhir.read("ResearchSubject", chosen.subject.split("/")[1]))
     assert subject["status"] == "ineligible"  # marked, not deleted
