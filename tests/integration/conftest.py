@@ -25,6 +25,10 @@ from fhir_match.seed import TAG_SYSTEM
 from ..conftest import ROOT
 
 READY_TIMEOUT_S = 60
+KEYCLOAK_URL = os.environ.get("KEYCLOAK_URL") or (
+    f"http://127.0.0.1:{os.environ.get('KEYCLOAK_PORT') or 8180}"
+)
+"""The local Keycloak of the SMART tests, where scripts/keycloak starts it."""
 
 
 @pytest.fixture(scope="session")

@@ -31,11 +31,10 @@ from fhir_match.fhir.models import parse_resource, to_json
 from fhir_match.writeback import SUBJECT_SYSTEM
 
 from ..conftest import ROOT
-from .conftest import WorkerProcess
+from .conftest import KEYCLOAK_URL, WorkerProcess
 from .populations import AS_OF, Population, loaded_population, run_discovery
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-KEYCLOAK_URL = os.environ.get("KEYCLOAK_URL", "http://127.0.0.1:8180")
 REALM = f"{KEYCLOAK_URL}/realms/fhir-match"
 CLIENT_ID = "fhir-match-review"
 USER, PASSWORD, FHIR_USER = "coordinator", "coordinator", "Practitioner/coordinator-1"

@@ -4,6 +4,7 @@ handler seam (the real Keycloak is in tests/integration/test_smart_backend.py)."
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
+from fhir_match.cli import main
 from fhir_match.config import BackendServices, load_settings
 from fhir_match.errors import ConfigError, FatalFhirError, TransientFhirError
 from fhir_match.fhir.auth import (
@@ -312,3 +314,16 @@ def test_a_server_that_does_not_take_our_kind_of_client_is_named(
     with pytest.raises(ValueError, match=message):
         token_endpoint({**SMART_CONFIGURATION, **change}, "ES384")
     assert token_endpoint({"token_endpoint": TOKEN_URL}, "ES384") == TOKEN_URL
+
+
+def test_fhir_match_jwks_prints_what_to_register(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FHIR_CLIENT_ID", CLIENT)
+    monkeypatch.setenv("FHIR_PRIVATE_KEY_FILE", str(key_file(tmp_path, "rsa")))
+    monkeypatch.setenv("FHIR_KEY_ID", "fhir-match-2026")
+    assert main(["jwks"]) == 0
+    (published,) = json.loads(capsys.readouterr().out)["keys"]
+    assert published["kid"] == "fhir-match-2026"
+    assert published["alg"] == "RS384"
+    assert "d" not in published
