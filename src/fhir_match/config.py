@@ -199,7 +199,8 @@ def _auth(env: Mapping[str, str]) -> AuthMethod:
         present.append("bearer")
     if env.get("FHIR_USERNAME"):
         present.append("basic")
-    if env.get("FHIR_CLIENT_ID") and env.get("FHIR_PRIVATE_KEY_FILE"):
+    if env.get("FHIR_CLIENT_ID") or env.get("FHIR_PRIVATE_KEY_FILE"):
+        # Either one: a missing other half is then named, not silently no authentication.
         present.append("smart-backend")
     if len(present) > 1:
         raise ConfigError(
@@ -211,10 +212,13 @@ def _auth(env: Mapping[str, str]) -> AuthMethod:
 def _backend(env: Mapping[str, str]) -> BackendServices:
     client_id = env.get("FHIR_CLIENT_ID", "").strip()
     if not client_id:
-        raise ConfigError("FHIR_AUTH=smart-backend needs FHIR_CLIENT_ID")
+        raise ConfigError("SMART Backend Services (FHIR_AUTH=smart-backend) needs FHIR_CLIENT_ID")
     path = env.get("FHIR_PRIVATE_KEY_FILE", "").strip()
     if not path:
-        raise ConfigError("FHIR_AUTH=smart-backend needs FHIR_PRIVATE_KEY_FILE (a PEM private key)")
+        raise ConfigError(
+            "SMART Backend Services (FHIR_AUTH=smart-backend) needs FHIR_PRIVATE_KEY_FILE, "
+            "a PEM private key"
+        )
     try:
         pem = Path(path).read_text(encoding="ascii")
     except OSError as exc:

@@ -82,7 +82,8 @@ def test_the_default_scope_reads_every_record_type_and_writes_without_deleting()
     ("env", "message"),
     [
         ({"FHIR_AUTH": "smart-backend"}, "needs FHIR_CLIENT_ID"),
-        ({"FHIR_AUTH": "smart-backend", "FHIR_CLIENT_ID": "c"}, "needs FHIR_PRIVATE_KEY_FILE"),
+        ({"FHIR_CLIENT_ID": "c"}, "needs FHIR_PRIVATE_KEY_FILE"),
+        ({"FHIR_PRIVATE_KEY_FILE": "/etc/fhir-match/key.pem"}, "needs FHIR_CLIENT_ID"),
         ({"FHIR_AUTH": "oauth"}, "FHIR_AUTH must be one of"),
         (
             {"FHIR_CLIENT_ID": "c", "FHIR_PRIVATE_KEY_FILE": "/nonexistent/key.pem"},
