@@ -185,13 +185,14 @@ class TokenSource:
             request = http.build_request(
                 "POST", self._token_url, data=form, headers={"Accept": "application/json"}
             )
+            asked = self._clock()  # the token's lifetime runs from here, not from the answer
             response = send_once(http, request, oauth_error_text)
         try:
             body = response.json()
         except ValueError:
             body = None
         try:
-            token = parse_token_response(body, self._clock())
+            token = parse_token_response(body, asked)
         except ValueError as exc:
             raise FatalFhirError(
                 "POST", self._token_url, response.status_code, "no usable token", str(exc)
