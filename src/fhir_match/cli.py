@@ -68,6 +68,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_jwks(args: argparse.Namespace) -> int:
+    """Print the public key of FHIR_PRIVATE_KEY_FILE as a JWK Set: what the EHR registers."""
+    from fhir_match.signing import public_jwks, signing_key
+
+    backend = _settings(args).fhir.backend
+    if backend is None:
+        raise ConfigError(
+            "jwks needs FHIR_AUTH=smart-backend (FHIR_CLIENT_ID, FHIR_PRIVATE_KEY_FILE)"
+        )
+    print(json.dumps(public_jwks(signing_key(backend.private_key, backend.key_id)), indent=2))
+    return EXIT_OK
+
+
 def _only_study() -> str | None:
     """The default --study: the one study configured, if there is only one."""
     from fhir_match.evaluate.study import configured_studies
@@ -269,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-worker", dest="worker", action="store_false", help="skip the Redis and worker checks"
     )
     status.set_defaults(run=cmd_status)
+
+    jwks = commands.add_parser("jwks", help=cmd_jwks.__doc__)
+    jwks.set_defaults(run=cmd_jwks)
 
     screen = commands.add_parser("screen", help=cmd_screen.__doc__)
     screen.add_argument(

@@ -10,12 +10,15 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from fhir_match.errors import ConfigError
+from fhir_match.signing import signing_key
 
 __all__ = [
+    "DEFAULT_BACKEND_SCOPE",
     "DEFAULT_FHIR_BASE_URL",
     "DEFAULT_REDIS_URL",
     "PROJECT_DIR",
     "AuthMethod",
+    "BackendServices",
     "FhirSettings",
     "Settings",
     "load_settings",
@@ -35,8 +38,55 @@ DEFAULT_FULL_EVERY_DAYS = 7.0
 DEFAULT_MAX_WAIT_S = 120.0
 """Longest total time one request may spend waiting between retries."""
 
-AuthMethod = Literal["none", "basic", "bearer"]
+AuthMethod = Literal["none", "basic", "bearer", "smart-backend"]
+_AUTH_METHODS = ("none", "basic", "bearer", "smart-backend")
 _MASK = "***"
+
+_READ_TYPES = (
+    "Patient",
+    "Condition",
+    "Observation",
+    "MedicationRequest",
+    "MedicationStatement",
+    "MedicationAdministration",
+    "Procedure",
+    "AllergyIntolerance",
+    "DiagnosticReport",
+    "Medication",
+)
+"""What a study's rules may read: the patient-compartment types of a record, and the
+Medications they cite."""
+_WRITE_TYPES = ("ResearchStudy", "ResearchSubject", "Provenance", "Group")
+"""What discovery writes back, and reads again on the next run."""
+DEFAULT_BACKEND_SCOPE = " ".join(
+    [f"system/{kind}.rs" for kind in _READ_TYPES] + [f"system/{kind}.crus" for kind in _WRITE_TYPES]
+)
+"""SMART v2 scopes for unattended discovery: read and search the record types, create, read,
+update and search what it writes; never delete."""
+
+
+@dataclass(frozen=True)
+class BackendServices:
+    """fhir-match registered with the EHR as a SMART Backend Services client
+    (client_credentials with a ``private_key_jwt`` client assertion)."""
+
+    client_id: str
+    private_key: str = field(repr=False)
+    """The PEM text; a secret, masked wherever settings are shown or recorded."""
+    private_key_file: str
+    key_id: str
+    """The ``kid`` of every assertion: FHIR_KEY_ID, else the key's JWK thumbprint."""
+    algorithm: str
+    """RS384 (RSA key) or ES384 (EC P-384 key)."""
+    scope: str = DEFAULT_BACKEND_SCOPE
+    token_url: str = ""
+    """Empty: found in the FHIR server's ``.well-known/smart-configuration``."""
+
+    def __post_init__(self) -> None:
+        if self.token_url and not _is_http_url(self.token_url):
+            raise ConfigError(f"FHIR_TOKEN_URL must be an http(s) URL, got {self.token_url!r}")
+        if not self.scope.strip():
+            raise ConfigError("FHIR_SCOPE must name at least one scope")
 
 
 @dataclass(frozen=True)
@@ -51,15 +101,20 @@ class FhirSettings:
     timeout_s: float = DEFAULT_TIMEOUT_S
     max_retries: int = DEFAULT_MAX_RETRIES
     max_wait_s: float = DEFAULT_MAX_WAIT_S
+    backend: BackendServices | None = None
+    """The SMART Backend Services registration, when ``auth`` is ``smart-backend``."""
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        if not _is_http_url(self.base_url):
             raise ConfigError(f"FHIR_BASE_URL must be an http(s) URL, got {self.base_url!r}")
         if self.auth == "basic" and not (self.username and self.password):
             raise ConfigError("FHIR_AUTH=basic needs FHIR_USERNAME and FHIR_PASSWORD")
         if self.auth == "bearer" and not self.token:
             raise ConfigError("FHIR_AUTH=bearer needs FHIR_TOKEN")
+        if (self.auth == "smart-backend") != (self.backend is not None):
+            raise ConfigError(
+                "FHIR_AUTH=smart-backend needs FHIR_CLIENT_ID and FHIR_PRIVATE_KEY_FILE"
+            )
         if self.timeout_s <= 0:
             raise ConfigError("FHIR_TIMEOUT must be a positive number of seconds")
         if self.max_retries < 0:
@@ -103,8 +158,15 @@ class Settings:
         for secret in ("password", "token"):
             if fhir[secret]:
                 fhir[secret] = _MASK
+        if fhir["backend"]:
+            fhir["backend"]["private_key"] = _MASK
         data["redis_url"] = mask_url_password(self.redis_url)
         return data
+
+
+def _is_http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 def mask_url_password(url: str) -> str:
@@ -127,28 +189,72 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
 
 def _auth(env: Mapping[str, str]) -> AuthMethod:
     raw = env.get("FHIR_AUTH", "").strip().lower()
-    if not raw:
-        # No explicit method: infer it from which secret is present.
-        if env.get("FHIR_TOKEN"):
-            return "bearer"
-        return "basic" if env.get("FHIR_USERNAME") else "none"
-    if raw not in ("none", "basic", "bearer"):
-        raise ConfigError(f"FHIR_AUTH must be none, basic or bearer, got {raw!r}")
-    return raw  # type: ignore[return-value]
+    if raw:
+        if raw not in _AUTH_METHODS:
+            raise ConfigError(f"FHIR_AUTH must be one of {', '.join(_AUTH_METHODS)}, got {raw!r}")
+        return raw  # type: ignore[return-value]
+    # No explicit method: infer it from which secret is present, if only one method's is.
+    present: list[AuthMethod] = []
+    if env.get("FHIR_TOKEN"):
+        present.append("bearer")
+    if env.get("FHIR_USERNAME"):
+        present.append("basic")
+    if env.get("FHIR_CLIENT_ID") or env.get("FHIR_PRIVATE_KEY_FILE"):
+        # Either one: a missing other half is then named, not silently no authentication.
+        present.append("smart-backend")
+    if len(present) > 1:
+        raise ConfigError(
+            f"credentials for {' and '.join(present)} are set: say which to use with FHIR_AUTH"
+        )
+    return present[0] if present else "none"
+
+
+def _backend(env: Mapping[str, str]) -> BackendServices:
+    client_id = env.get("FHIR_CLIENT_ID", "").strip()
+    if not client_id:
+        raise ConfigError("SMART Backend Services (FHIR_AUTH=smart-backend) needs FHIR_CLIENT_ID")
+    path = env.get("FHIR_PRIVATE_KEY_FILE", "").strip()
+    if not path:
+        raise ConfigError(
+            "SMART Backend Services (FHIR_AUTH=smart-backend) needs FHIR_PRIVATE_KEY_FILE, "
+            "a PEM private key"
+        )
+    try:
+        pem = Path(path).read_text(encoding="ascii")
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"FHIR_PRIVATE_KEY_FILE {path!r} cannot be read: {reason}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"FHIR_PRIVATE_KEY_FILE {path!r} is not a PEM file") from None
+    try:
+        key = signing_key(pem, env.get("FHIR_KEY_ID", "").strip())
+    except ValueError as exc:
+        raise ConfigError(f"FHIR_PRIVATE_KEY_FILE {path!r}: {exc}") from None
+    return BackendServices(
+        client_id=client_id,
+        private_key=pem,
+        private_key_file=path,
+        key_id=key.kid,
+        algorithm=key.alg,
+        scope=" ".join((env.get("FHIR_SCOPE") or DEFAULT_BACKEND_SCOPE).split()),
+        token_url=env.get("FHIR_TOKEN_URL", "").strip(),
+    )
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read the settings from environment variables (the README lists them)."""
     env = os.environ if env is None else env
+    auth = _auth(env)
     fhir = FhirSettings(
         base_url=env.get("FHIR_BASE_URL") or DEFAULT_FHIR_BASE_URL,
-        auth=_auth(env),
+        auth=auth,
         username=env.get("FHIR_USERNAME", ""),
         password=env.get("FHIR_PASSWORD", ""),
         token=env.get("FHIR_TOKEN", ""),
         timeout_s=_number(env, "FHIR_TIMEOUT", DEFAULT_TIMEOUT_S),
         max_retries=int(_number(env, "FHIR_MAX_RETRIES", DEFAULT_MAX_RETRIES)),
         max_wait_s=_number(env, "FHIR_MAX_WAIT", DEFAULT_MAX_WAIT_S),
+        backend=_backend(env) if auth == "smart-backend" else None,
     )
     studies = tuple(s.strip() for s in env.get("FHIR_MATCH_STUDIES", "").split(",") if s.strip())
     return Settings(

@@ -14,6 +14,8 @@ Split by what the caller does next::
 Messages never carry resource content: patient data is PHI. A FhirError names the request
 and the server's OperationOutcome text (diagnostics are the server's words about the request,
 not the patient), and a DataError names where the bad input was and what rule it broke.
+When a FHIR request needed a token first (SMART Backend Services), a failed token request is
+a FhirError of its own, naming the token URL and the OAuth error; never a key or a token.
 """
 
 from __future__ import annotations

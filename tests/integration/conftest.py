@@ -6,6 +6,7 @@ start. Everything a test creates on the FHIR server carries a run tag and is del
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +21,10 @@ from fhir_match.seed import TAG_SYSTEM
 from worker.process import WorkerNotReady, WorkerProcess, start_worker
 
 READY_TIMEOUT_S = 60
+KEYCLOAK_URL = os.environ.get("KEYCLOAK_URL") or (
+    f"http://127.0.0.1:{os.environ.get('KEYCLOAK_PORT') or 8180}"
+)
+"""The local Keycloak of the SMART tests, where scripts/keycloak starts it."""
 
 
 @pytest.fixture(scope="session")

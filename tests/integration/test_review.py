@@ -32,10 +32,10 @@ from fhir_match.writeback import SUBJECT_SYSTEM
 from worker.process import WorkerProcess
 
 from ..conftest import ROOT
+from .conftest import KEYCLOAK_URL
 from .populations import AS_OF, Population, loaded_population, run_discovery
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-KEYCLOAK_URL = os.environ.get("KEYCLOAK_URL", "http://127.0.0.1:8180")
 REALM = f"{KEYCLOAK_URL}/realms/fhir-match"
 CLIENT_ID = "fhir-match-review"
 USER, PASSWORD, FHIR_USER = "coordinator", "coordinator", "Practitioner/coordinator-1"

@@ -19,6 +19,7 @@ from fhir_match.fhir.auth import auth_for
 from fhir_match.fhir.models import Resource, parse_resource, to_json
 from fhir_match.fhir.search import Search
 from fhir_match.fhir.transport import (
+    USER_AGENT,
     RetryPolicy,
     error_for,
     public_url,
@@ -29,7 +30,6 @@ from fhir_match.fhir.transport import (
 __all__ = ["FHIR_JSON", "SEARCHES_IN_FLIGHT", "FhirClient"]
 
 FHIR_JSON = "application/fhir+json"
-USER_AGENT = "fhir-match"
 SEARCHES_IN_FLIGHT = 4
 """Searches fhir-match runs side by side against one server, from one process: the server
 answers them in parallel. Four keeps a shared server's load modest."""

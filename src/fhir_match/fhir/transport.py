@@ -19,16 +19,20 @@ import httpx
 from fhir_match.errors import FatalFhirError, FhirError, TransientFhirError
 
 __all__ = [
+    "USER_AGENT",
     "RetryPolicy",
     "error_for",
     "outcome_text",
     "parse_retry_after",
     "public_url",
     "send",
+    "send_once",
     "transport_errors",
 ]
 
 log = logging.getLogger(__name__)
+
+USER_AGENT = "fhir-match"
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
@@ -94,19 +98,24 @@ def public_url(url: httpx.URL) -> str:
     return f"{url.copy_with(query=None)}?{'&'.join(shown)}"
 
 
-def error_for(request: httpx.Request, response: httpx.Response) -> FhirError:
+def error_for(
+    request: httpx.Request,
+    response: httpx.Response,
+    explain: Callable[[httpx.Response], str] = outcome_text,
+) -> FhirError:
+    """The error for a non-2xx response; ``explain`` reads the server's words from the body."""
     kind = TransientFhirError if response.status_code in RETRYABLE_STATUSES else FatalFhirError
     return kind(
         request.method,
         public_url(request.url),
         response.status_code,
         response.reason_phrase or httpx.codes.get_reason_phrase(response.status_code),
-        outcome_text(response),
+        explain(response),
     )
 
 
 @contextmanager
-def transport_errors(request: httpx.Request) -> Iterator[None]:
+def transport_errors(request: httpx.Request, *, repeatable: bool = False) -> Iterator[None]:
     """Only here do httpx exceptions exist; above this line they are FhirErrors."""
     try:
         yield
@@ -118,7 +127,7 @@ def transport_errors(request: httpx.Request) -> Iterator[None]:
     except httpx.TransportError as exc:
         # The server may have acted on it: only a request that does the same thing twice
         # (a read, a PUT or DELETE, a conditional create) may be sent again.
-        kind = TransientFhirError if _idempotent(request) else FatalFhirError
+        kind = TransientFhirError if repeatable or _idempotent(request) else FatalFhirError
         what = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
         raise kind(
             request.method, public_url(request.url), None, f"{what} ({type(exc).__name__})"
@@ -127,6 +136,25 @@ def transport_errors(request: httpx.Request) -> Iterator[None]:
 
 def _idempotent(request: httpx.Request) -> bool:
     return request.method in ("GET", "HEAD", "PUT", "DELETE") or "If-None-Exist" in request.headers
+
+
+def send_once(
+    client: httpx.Client,
+    request: httpx.Request,
+    explain: Callable[[httpx.Response], str] = outcome_text,
+) -> httpx.Response:
+    """Send a request that may safely be repeated, once: a 2xx response or a FhirError.
+
+    For the requests authorization makes inside a FHIR request (discovery, a token): they
+    are retried as part of that request, by :func:`send`, so a transient failure here
+    must stay transient and must not be retried twice over.
+    """
+    with transport_errors(request, repeatable=True):
+        response = client.send(request)
+        response.read()
+    if not response.is_success:
+        raise error_for(request, response, explain)
+    return response
 
 
 def _delay(attempt: int, response: httpx.Response | None) -> float:
