@@ -20,6 +20,8 @@
 //     pattern with in-range fields already proves valid.
 //  5. Date/Quantity arithmetic ("As Of" - 180 days, 28 * 1 'day') remembered by value.
 //  6. Whole years between two fully specified Dates (AgeInYearsAt) without luxon.
+//  0. Every expression evaluated synchronously: cql-execution's sources loaded with async/await
+//     taken out (loadSynchronousEngine(), before anything else loads the library).
 //
 // The evaluation of one patient must not interleave with another's (serve.mjs evaluates
 // sequentially): beginPatient() starts a patient's memo.
@@ -27,7 +29,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { createRequire } from 'node:module';
+import Module, { createRequire } from 'node:module';
 
 const require = createRequire(import.meta.url);
 const requireFromCql = createRequire(require.resolve('cql-execution'));
@@ -60,16 +62,34 @@ function packageDir(name) {
   return dir;
 }
 
+const sha256 = (text) => crypto.createHash('sha256').update(text).digest('hex');
+
+/** Every .js file under cql-execution/lib (the sources speed-up 0 rewrites), by path: its SHA-256. */
+function cqlExecutionSources() {
+  const lib = path.join(packageDir('cql-execution'), 'lib');
+  const sources = new Map();
+  for (const name of fs.readdirSync(lib, { recursive: true }).sort()) {
+    if (name.endsWith('.js')) sources.set(path.join(lib, name), sha256(fs.readFileSync(path.join(lib, name))));
+  }
+  return sources;
+}
+// The digest of cqlExecutionSources() (paths relative to lib/).
+const PINNED_SOURCES = 'a932102a5f66f5f8b1e856ba7c56f9fc27d9bd7fa98c9849d03fb270ccf8f09d';
+function sourcesDigest(sources) {
+  const lib = path.join(packageDir('cql-execution'), 'lib');
+  return sha256([...sources].map(([file, sha]) => `${path.relative(lib, file)} ${sha}\n`).join(''));
+}
+
 function checkPinned() {
   const problems = [];
+  if (sourcesDigest(cqlExecutionSources()) !== PINNED_SOURCES) problems.push('cql-execution/lib changed');
   for (const [name, version] of Object.entries(PINNED_VERSIONS)) {
     const found = JSON.parse(fs.readFileSync(path.join(packageDir(name), 'package.json'), 'utf8')).version;
     if (found !== version) problems.push(`${name} is ${found}, not ${version}`);
   }
   for (const [file, sha] of Object.entries(PINNED_FILES)) {
     const [pkg, ...rest] = file.split('/');
-    const text = fs.readFileSync(path.join(packageDir(pkg), ...rest));
-    if (crypto.createHash('sha256').update(text).digest('hex') !== sha) problems.push(`${file} changed`);
+    if (sha256(fs.readFileSync(path.join(packageDir(pkg), ...rest))) !== sha) problems.push(`${file} changed`);
   }
   if (problems.length > 0) {
     throw new Error(`node/speedups.mjs was written for other library code (${problems.join('; ')}): re-check it`);
@@ -87,8 +107,66 @@ function remember(map, key, value) {
   map.set(key, value);
 }
 
-export function installSpeedups(patientSource, { resourceKey }) {
+// --- 0. synchronous evaluation ------------------------------------------------------------------
+//
+// cql-execution 3.x makes every expression node's exec (and execute, execArgs, the query
+// clauses, the merge sort's comparisons, value set and record look-ups) an async function: each
+// node of each evaluation allocates promises and resumes through the microtask queue, about a
+// third of the engine's time. Nothing here ever waits for I/O: the patient's records, the value
+// sets and the parameters are in memory, and every data source call answers at once. So the
+// library's sources are compiled with `async` and `await` removed and Promise.all(list) read as
+// Array.from(list): each function computes the same value and returns it instead of a promise
+// of it. The one change of order: the elements of a list selector, the sources of a query and
+// the components of a date selector, which Promise.all started together (interleaving at each
+// await), are evaluated one after the other. Evaluation has no effects that one element could
+// see of another (definitions are cached by name with the same value either way), so values
+// are the same; only when several of them fail could a different one of their errors be the
+// one reported.
+
+let synchronous = false;
+
+/** A cql-execution source with the same functions, synchronous (checked: nothing async left). */
+function synchronousSource(text, file) {
+  const out = text.replace(/\bawait\s+/g, '').replace(/\basync\s+(?=[\w(])/g, '').replace(/\bPromise\.all\(/g, 'Array.from(');
+  need(!/\b(async|await|Promise)\b/.test(out), `a synchronous form of ${file}`);
+  return out;
+}
+
+/**
+ * Loads cql-execution with every expression evaluated synchronously (speed-up 0) and returns it.
+ * Call it before anything loads the library (serve.mjs, before cql-exec-fhir): installSpeedups()
+ * needs it. Each source is checked against its pinned hash as it is compiled.
+ */
+export function loadSynchronousEngine() {
   checkPinned();
+  const sources = cqlExecutionSources();
+  need(!Object.keys(require.cache).some((f) => sources.has(f)), 'cql-execution not loaded yet');
+  const compile = Module.prototype._compile;
+  need(typeof compile === 'function', 'Module.prototype._compile');
+  const rewritten = new Set();
+  Module.prototype._compile = function _compile(content, filename) {
+    if (!sources.has(filename)) return compile.call(this, content, filename);
+    need(sha256(content) === sources.get(filename), `the pinned text of ${filename}`);
+    const text = synchronousSource(content, filename);
+    if (text !== content) rewritten.add(filename);
+    return compile.call(this, text, filename);
+  };
+  let cql;
+  try {
+    cql = require('cql-execution');
+  } finally {
+    Module.prototype._compile = compile;
+  }
+  // Every source with async code was loaded (and so rewritten) just now.
+  for (const file of sources.keys()) {
+    if (/\b(async|await|Promise)\b/.test(fs.readFileSync(file, 'utf8'))) need(rewritten.has(file), `synchronous ${file}`);
+  }
+  synchronous = true;
+  return cql;
+}
+
+export function installSpeedups(patientSource, { resourceKey }) {
+  need(synchronous, 'cql-execution loaded by loadSynchronousEngine()');
   const cql = require('cql-execution');
   const fhir = installFastFhir(patientSource, cql);
   const memo = installFunctionMemo(fhir);
@@ -514,8 +592,8 @@ function handOut(value) {
 // nothing changes (null, Boolean, Integer, Decimal, String, Date, Code, Concept, FHIR objects,
 // and lists and tuples of those); a DateTime result is kept as a private copy and handed out as
 // a copy; lists are handed out as copies. FunctionRef.prototype.exec is ported from
-// cql-execution elm/reusable.js; the only change is the memo (and the child context is made
-// only when the body runs). A function that rarely hits stops being remembered (no effect on values).
+// cql-execution elm/reusable.js (synchronous, as speed-up 0 makes it); the only change is the
+// memo (and the child context is made only when the body runs). A function that rarely hits stops being remembered (no effect on values).
 
 function installFunctionMemo(fhir) {
   const reusable = require('cql-execution/lib/elm/reusable');
@@ -588,7 +666,7 @@ function installFunctionMemo(fhir) {
   let calls = new Map(); // functionDef -> nested Maps keyed by each argument -> RESULT
   const stats = new WeakMap(); // functionDef -> { calls, hits, off }
 
-  reusable.FunctionRef.prototype.exec = async function exec(ctx) {
+  reusable.FunctionRef.prototype.exec = function exec(ctx) {
     let functionDefs, libCtx;
     if (this.library) {
       const lib = ctx.get(this.library);
@@ -598,7 +676,7 @@ function installFunctionMemo(fhir) {
       functionDefs = ctx.getFunction(this.name);
       libCtx = ctx;
     }
-    const args = await this.execArgs(ctx);
+    const args = this.execArgs(ctx);
     // Filter out functions w/ wrong number of arguments.
     functionDefs = functionDefs.filter((f) => f.parameters.length === args.length);
     // If there is still > 1 matching function, filter by argument types
@@ -641,7 +719,7 @@ function installFunctionMemo(fhir) {
     }
     const child_ctx = libCtx ? libCtx.childContext() : undefined;
     for (let i = 0; i < functionDef.parameters.length; i++) child_ctx.set(functionDef.parameters[i].name, args[i]);
-    const value = await functionDef.expression.execute(child_ctx);
+    const value = functionDef.expression.execute(child_ctx);
     if (slot !== null) {
       if (value != null && value.constructor === DateTime) slot.set(RESULT, value.copy());
       else if (shareable(value)) slot.set(RESULT, value);

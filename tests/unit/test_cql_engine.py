@@ -514,6 +514,75 @@ def test_a_remembered_function_result_is_not_shared_with_a_shadowing_caller(
     assert values["Same Call Again"] == [11, 11, 22]
 
 
+SYNCHRONOUS_CQL = """
+library Synchronous version '1.0.0'
+using FHIR version '4.0.1'
+include FHIRHelpers version '4.0.1' called FHIRHelpers
+codesystem "LOINC": 'http://loinc.org'
+valueset "Type 2 Diabetes": 'http://example.org/fhir/ValueSet/type-2-diabetes'
+code "HbA1c": '4548-4' from "LOINC" display 'Hemoglobin A1c'
+concept "Lab": { "HbA1c" } display 'Lab'
+parameter "Window" Interval<DateTime>
+  default Interval[@2023-01-01T00:00:00Z, @2024-12-31T23:59:59Z]
+context Patient
+define "List Selector": { 1 + 1, Length('abc'), Count([Observation]) }
+define "Selectors": { DateTime(2024, 1, 2, 3, 4, 5, 6, 1.5), Date(2024, 2, 29), Time(10, 30) }
+define "Concept": "Lab"
+define "Code Equivalent": "HbA1c" ~ "Lab"
+define "Pairs": from [Observation] A, [Observation] B where A.id < B.id return A.id + '-' + B.id
+define "Values Sorted":
+  ([Observation] O let V: (O.value as FHIR.Quantity).value where V is not null return V) V
+    sort desc
+define "By Date Then Id":
+  ([Observation] O sort by FHIRHelpers.ToDateTime(effective as FHIR.dateTime) desc, id) O
+    return O.id
+define "Sum": ([Observation] O return FHIRHelpers.ToDecimal((O.value as FHIR.Quantity).value)) V
+  aggregate S starting 0.0: S + Coalesce(V, 0.0)
+define "With Diabetes Before": [Observation: "HbA1c"] O
+  with [Condition: "Type 2 Diabetes"] C
+    such that (C.onset as FHIR.dateTime) before (O.effective as FHIR.dateTime)
+  return O.id
+define "Without Condition": [Observation] O without [Condition] C such that true return O.id
+define "In Window": [Observation] O
+  where FHIRHelpers.ToDateTime(O.effective as FHIR.dateTime) during "Window" return O.id
+define "Case": case when Count([Observation]) > 2 then 'many'
+  when Count([Observation]) > 0 then 'some' else 'none' end
+define "Strings": { Combine(Split('a,b,c', ','), ';'), Substring('abcdef', 1, 3) }
+define "Matches": Matches('abc', 'a.c')
+define "Open Interval": Interval(1, Count([Observation])]
+define "Converts": { ConvertsToInteger('12'), ConvertsToInteger('x') }
+define "Fails": singleton from ([Observation])
+"""
+
+
+def test_synchronous_evaluation_gives_the_libraries_values_and_errors(
+    tmp_path: Path, helpers_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Speed-up 0 runs cql-execution without async/await: every construct whose evaluation it
+    reorders or rewrites (list, query and date selectors, sort, aggregate, relationships) gives
+    what the library alone gives, and a failure names the same definition and location."""
+    source = tmp_path / "cql"
+    source.mkdir()
+    (source / "Synchronous.cql").write_text(SYNCHRONOUS_CQL)
+    elm = translate_cql([helpers_dir, source], tmp_path / "elm")
+    fast = NodeCqlEngine("Synchronous", version="1.0.0", value_sets=EXPANSION, elm_dir=elm)
+    _plain_engine(monkeypatch, fast)
+    plain = NodeCqlEngine("Synchronous", version="1.0.0", value_sets=EXPANSION, elm_dir=elm)
+    patients = [ALICE, BOB, CAROL]
+    with fast, plain:
+        names = [n for n in fast.expression_names() if n != "Fails"]
+        values = fast.evaluate(patients, names)
+        assert values == plain.evaluate(patients, names)
+        failures = fast.evaluate(patients, ["Fails"])
+        assert failures == plain.evaluate(patients, ["Fails"])
+    alice = _values(values[0])
+    assert alice["Pairs"] == ["o1-o2", "o1-o3", "o2-o3"]
+    assert alice["By Date Then Id"] == ["o3", "o1", "o2"]
+    assert alice["List Selector"] == [2, 3, 3]
+    assert isinstance(failures[0], PatientFailure)
+    assert '"Fails" failed at Synchronous|1.0.0 line' in failures[0].message
+
+
 def test_each_speedup_matches_the_library_code_it_replaces(tmp_path: Path) -> None:
     """FHIR objects, distinct, date parsing, date arithmetic and ages, value by value."""
     script = tmp_path / "selfcheck.mjs"
@@ -541,7 +610,9 @@ import { pathToFileURL } from 'node:url';
 
 const [nodeDir, ...bundleFiles] = process.argv.slice(2);
 const require = createRequire(path.join(nodeDir, 'serve.mjs'));
-const cql = require('cql-execution');
+const speedupsUrl = pathToFileURL(path.join(nodeDir, 'speedups.mjs'));
+const { installSpeedups, loadSynchronousEngine, _internals } = await import(speedupsUrl);
+const cql = loadSynchronousEngine();
 const cqlfhir = require('cql-exec-fhir');
 const comparison = require('cql-execution/lib/util/comparison');
 const list = require('cql-execution/lib/elm/list');
@@ -562,8 +633,6 @@ const library = {
 };
 const plainSource = cqlfhir.PatientSource.FHIRv401();
 const fastSource = cqlfhir.PatientSource.FHIRv401();
-const speedupsUrl = pathToFileURL(path.join(nodeDir, 'speedups.mjs'));
-const { installSpeedups, _internals } = await import(speedupsUrl);
 const speedups = installSpeedups(fastSource, { resourceKey: () => null });
 immutableUtil.toNormalizedKey = (v) => speedups.fhirKey(v) ?? library.key(v);
 
