@@ -13,7 +13,8 @@
 //     The library's FHIRObject defines ~40 accessor properties on every instance (~15 us each),
 //     re-wraps a nested element at every access and re-parses its dates. Here the accessors live
 //     on one prototype per FHIR type, get(field) is the library's code (ported) memoised per
-//     object and field, and each Bundle resource is wrapped once per patient and class.
+//     object and field, getCode(field) (a retrieve's code filter) likewise, and each Bundle
+//     resource is wrapped once per patient and class.
 //  2. CQL function results memoised per patient, by function and argument identity.
 //  3. toDistinctList (every query, union, distinct) with string keys instead of Immutable.js ones.
 //  4. DateTime.parse / Date.parse: luxon's validity check skipped for strings that a strict
@@ -213,6 +214,7 @@ function installFastFhir(patientSource, cql) {
   const modelInfo = probe?._modelInfo;
   for (const m of ['get', 'getCode', '_is', '_typeHierarchy', 'getTypeInfo']) need(typeof FHIRObject?.prototype?.[m] === 'function', `FHIRObject.${m}`);
   need(typeof Patient.prototype.findRecords === 'function', 'Patient.findRecords');
+  const libraryGetCode = FHIRObject.prototype.getCode;
   need(typeof modelInfo?.findClass === 'function', 'ModelInfo.findClass');
   need(typeof fhirUtil.normalizeChoiceName === 'function', 'normalizeChoiceName');
 
@@ -233,6 +235,7 @@ function installFastFhir(patientSource, cql) {
     #typeInfo;
     #modelInfo;
     #memo = undefined;
+    #codes = undefined;
     constructor(json, typeInfo, model) {
       this.#json = json;
       this.#typeInfo = typeInfo;
@@ -257,6 +260,18 @@ function installFastFhir(patientSource, cql) {
         this.#memo.set(field, value);
       }
       return handOut(value);
+    }
+    // The library's getCode (get(field) as CQL Codes): a retrieve by code or value set calls it
+    // on every record, and it made new Codes each time. Remembered per object and field, like
+    // get(field); its one caller (Retrieve's filter, elm/external.js) only reads what it gets.
+    getCode(field) {
+      if (this.#codes === undefined) this.#codes = new Map();
+      let code = this.#codes.get(field);
+      if (code === undefined && !this.#codes.has(field)) {
+        code = libraryGetCode.call(this, field);
+        this.#codes.set(field, code);
+      }
+      return handOut(code);
     }
     getTypeInfo() {
       return this.#typeInfo;
