@@ -170,8 +170,9 @@ export function installSpeedups(patientSource, { resourceKey }) {
   need(synchronous, 'cql-execution loaded by loadSynchronousEngine()');
   const cql = require('cql-execution');
   const fhir = installFastFhir(patientSource, cql);
-  const memo = installFunctionMemo(fhir);
-  installFastDistinct(fhir, resourceKey);
+  const unchanging = unchangingTest(fhir);
+  const memo = installFunctionMemo(fhir, unchanging);
+  installFastDistinct(fhir, resourceKey, unchanging);
   installFastDateParse();
   installArithmeticCache();
   installFastAge();
@@ -610,13 +611,14 @@ function handOut(value) {
 // cql-execution elm/reusable.js (synchronous, as speed-up 0 makes it); the only change is the
 // memo (and the child context is made only when the body runs). A function that rarely hits stops being remembered (no effect on values).
 
-function installFunctionMemo(fhir) {
-  const reusable = require('cql-execution/lib/elm/reusable');
+/**
+ * Whether a value is made of values nothing changes in place (see above): null, Boolean, Integer,
+ * Decimal, String, Date, Code, Concept, FHIR objects, and lists and tuples of those.
+ */
+function unchangingTest(fhir) {
   const { Code, Concept } = require('cql-execution/lib/datatypes/datatypes');
-  const { Date: CqlDate, DateTime } = require('cql-execution/lib/datatypes/datetime');
-  need(typeof reusable.FunctionRef?.prototype?.exec === 'function', 'FunctionRef.exec');
-
-  function shareable(v, depth = 0) {
+  const { Date: CqlDate } = require('cql-execution/lib/datatypes/datetime');
+  return function shareable(v, depth = 0) {
     if (v == null || (typeof v !== 'object' && typeof v !== 'function')) return true;
     if (typeof v === 'function' || depth > 8) return false;
     if (fhir.isFast(v)) return true;
@@ -629,7 +631,13 @@ function installFunctionMemo(fhir) {
       return true;
     }
     return false;
-  }
+  };
+}
+
+function installFunctionMemo(fhir, shareable) {
+  const reusable = require('cql-execution/lib/elm/reusable');
+  const { DateTime } = require('cql-execution/lib/datatypes/datetime');
+  need(typeof reusable.FunctionRef?.prototype?.exec === 'function', 'FunctionRef.exec');
 
   // A library's function runs in a child of that library's root context; a function of the
   // caller's own library runs in a child of the caller's context, and cql-execution resolves the
@@ -760,9 +768,11 @@ function installFunctionMemo(fhir) {
 // code/system/version/display; Date/DateTime -> Map of the own fields (a DateTime with another
 // offset first converted to UTC); a point uncertainty -> its point's key; a Bundle resource ->
 // Map{fhirResource}; a FHIR object -> Map of its elements + __instance: its type hierarchy. The
-// tags below keep kinds whose keys can never be equal apart.)
+// tags below keep kinds whose keys can never be equal apart.) A tuple made of values nothing
+// changes (the function memo's test) keeps its encoding: queries over a list of tuples (say,
+// every drug use) would otherwise encode each again at each query.
 
-function installFastDistinct(fhir, resourceKey) {
+function installFastDistinct(fhir, resourceKey, unchanging) {
   const list = require('cql-execution/lib/elm/list');
   const { Code, Uncertainty } = require('cql-execution/lib/datatypes/datatypes');
   const { Date: CqlDate, DateTime } = require('cql-execution/lib/datatypes/datetime');
@@ -784,6 +794,7 @@ function installFastDistinct(fhir, resourceKey) {
   // A FHIR object's encoding, per object (its data does not change) and, for what depends only on
   // its class, per class.
   const fhirCodes = new WeakMap();
+  const tupleCodes = new WeakMap();
   const classParts = new Map();
   function encodeFhir(v) {
     const typeInfo = v._typeInfo;
@@ -851,10 +862,14 @@ function installFastDistinct(fhir, resourceKey) {
       return `${out}]`;
     }
     if (ctor === Object) {
+      let e = tupleCodes.get(v);
+      if (e !== undefined) return e;
       const keys = Object.keys(v);
       // '__instance' would be overwritten in the key, '_typeHierarchy' would be called.
       if (keys.includes('__instance') || keys.includes('_typeHierarchy') || Object.getOwnPropertySymbols(v).length > 0) return undefined;
-      return encodeFields('U{', v, keys);
+      e = encodeFields('U{', v, keys);
+      if (e !== undefined && unchanging(v)) tupleCodes.set(v, e);
+      return e;
     }
     if (ctor === Code) {
       const parts = [v.code, v.system, v.version, v.display].map(encode);

@@ -808,6 +808,17 @@ for (const items of lists) {
   const ok = sameList(library.distinct(items), list.toDistinctList(items));
   check('distinct', ok, items.map(show).join(' '));
 }
+// A tuple's encoding is kept only while nothing can change it: a DateTime in it can change in
+// place (Start/End set the offset of the minimum/maximum DateTime).
+const moment = dt('2020-01-01T08:00:00Z');
+const early = { at: moment, id: 'x' };
+const late = { at: dt('2020-01-01T10:00:00+02:00'), id: 'x' };
+for (const offset of [0, 2, 0]) {
+  moment.timezoneOffset = offset;
+  const items = [early, late, { id: 'x', at: moment }];
+  const ok = sameList(library.distinct(items), list.toDistinctList(items));
+  check('distinct', ok, `changed DateTime offset ${offset}`);
+}
 
 // 3. date strings: the same DateTime/Date (or null) as the library's parse.
 const two = (lo, hi) => pad(int(lo, hi), 2);
