@@ -257,10 +257,10 @@ function installFastFhir(patientSource, cql) {
       if (this.#memo === undefined) this.#memo = new Map();
       let value = this.#memo.get(field);
       if (value === undefined && !this.#memo.has(field)) {
-        value = getField(this.#typeInfo, json, field, this.#modelInfo);
+        value = kept(getField(this.#typeInfo, json, field, this.#modelInfo));
         this.#memo.set(field, value);
       }
-      return handOut(value);
+      return value instanceof Kept ? handOut(value.value) : value;
     }
     // The library's getCode (get(field) as CQL Codes): a retrieve by code or value set calls it
     // on every record, and it made new Codes each time. Remembered per object and field, like
@@ -269,10 +269,10 @@ function installFastFhir(patientSource, cql) {
       if (this.#codes === undefined) this.#codes = new Map();
       let code = this.#codes.get(field);
       if (code === undefined && !this.#codes.has(field)) {
-        code = libraryGetCode.call(this, field);
+        code = kept(libraryGetCode.call(this, field));
         this.#codes.set(field, code);
       }
-      return handOut(code);
+      return code instanceof Kept ? handOut(code.value) : code;
     }
     getTypeInfo() {
       return this.#typeInfo;
@@ -587,6 +587,17 @@ function installFastFhir(patientSource, cql) {
     patientFor: (bundle) => new FastPatient(bundle, modelInfo),
     wrap,
   };
+}
+
+/** A remembered list or Date/DateTime, which handOut copies: told apart once, when remembered. */
+class Kept {
+  constructor(value) {
+    this.value = value;
+  }
+}
+function kept(value) {
+  if (value == null || typeof value !== 'object') return value;
+  return Array.isArray(value) || value.isDateTime || value.isDate ? new Kept(value) : value;
 }
 
 /** A value handed out again: lists and dates are copied, as the library made them anew each time. */
