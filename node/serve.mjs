@@ -54,7 +54,6 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import readline from 'node:readline';
 import { createRequire } from 'node:module';
 import { installSpeedups, loadSynchronousEngine } from './speedups.mjs';
 
@@ -571,9 +570,33 @@ function respond(response) {
   });
 }
 
+/**
+ * The lines of stdin, ended by \n, \r\n or \r (as readline splits them), each decoded once: a
+ * request line is a batch of Bundles of a megabyte or more, which readline would decode chunk by
+ * chunk, search with a regular expression and join as strings.
+ */
+async function* inputLines() {
+  let pending = [];
+  for await (const chunk of process.stdin) {
+    let start = 0;
+    let lf = chunk.indexOf(10);
+    let cr = chunk.indexOf(13);
+    while (lf >= 0 || cr >= 0) {
+      const end = lf < 0 ? cr : cr < 0 ? lf : Math.min(lf, cr);
+      pending.push(chunk.subarray(start, end));
+      yield Buffer.concat(pending).toString('utf8');
+      pending = [];
+      start = end + 1;
+      if (lf >= 0 && lf < start) lf = chunk.indexOf(10, start);
+      if (cr >= 0 && cr < start) cr = chunk.indexOf(13, start);
+    }
+    if (start < chunk.length) pending.push(chunk.subarray(start));
+  }
+  if (pending.length > 0) yield Buffer.concat(pending).toString('utf8');
+}
+
 async function main() {
-  const lines = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
-  for await (const line of lines) {
+  for await (const line of inputLines()) {
     if (line.trim() === '') continue;
     await respond(await handle(line));
   }

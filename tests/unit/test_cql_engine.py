@@ -403,6 +403,29 @@ def test_protocol_errors_get_an_answer_and_the_process_stays_up(elm_dir: Path) -
     assert answers[5]["results"] == [{"patientId": "alice", "values": {"Age": 54}}]
 
 
+def test_requests_end_at_any_line_break_and_long_ones_keep_their_characters() -> None:
+    """Lines end at \\n, \\r\\n or \\r; blank lines are skipped; a line far longer than a pipe's
+    chunk, full of two-byte characters, and a last line without a line break arrive whole."""
+    long_id = "é" * 300_000
+    requests = [
+        (b"\r\n", {"id": 1, "op": "nope"}),
+        (b"\r", {"id": 2, "op": "nope"}),
+        (b"\n\n  \n", {"id": long_id, "op": "nope"}),
+        (b"", {"id": 4, "op": "nope"}),
+    ]
+    data = b"".join(json.dumps(r, ensure_ascii=False).encode() + end for end, r in requests)
+    done = subprocess.run(
+        ["node", str(CQL_DIR.parent / "node" / "serve.mjs")],
+        input=data,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [a["id"] for a in answers] == [1, 2, long_id, 4]
+    assert all("unknown op" in a["error"] for a in answers)
+
+
 # Speed-ups (node/speedups.mjs): the same results as the libraries alone
 
 
