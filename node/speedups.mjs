@@ -170,9 +170,8 @@ export function installSpeedups(patientSource, { resourceKey }) {
   need(synchronous, 'cql-execution loaded by loadSynchronousEngine()');
   const cql = require('cql-execution');
   const fhir = installFastFhir(patientSource, cql);
-  const unchanging = unchangingTest(fhir);
-  const memo = installFunctionMemo(fhir, unchanging);
-  installFastDistinct(fhir, resourceKey, unchanging);
+  const memo = installFunctionMemo(fhir, unchangingTest(fhir));
+  installFastDistinct(fhir, resourceKey, unchangingTest(fhir, { dateTimesAwayFromEnds: true }));
   installFastDateParse();
   installArithmeticCache();
   installFastAge();
@@ -624,17 +623,20 @@ function handOut(value) {
 
 /**
  * Whether a value is made of values nothing changes in place (see above): null, Boolean, Integer,
- * Decimal, String, Date, Code, Concept, FHIR objects, and lists and tuples of those.
+ * Decimal, String, Date, Code, Concept, FHIR objects, and lists and tuples of those; with
+ * dateTimesAwayFromEnds, also DateTimes of the years 3-9997, which Start/End never change (they
+ * change one equal to the minimum or maximum DateTime, in the years 1 and 9999).
  */
-function unchangingTest(fhir) {
+function unchangingTest(fhir, { dateTimesAwayFromEnds = false } = {}) {
   const { Code, Concept } = require('cql-execution/lib/datatypes/datatypes');
-  const { Date: CqlDate } = require('cql-execution/lib/datatypes/datetime');
+  const { Date: CqlDate, DateTime } = require('cql-execution/lib/datatypes/datetime');
   return function shareable(v, depth = 0) {
     if (v == null || (typeof v !== 'object' && typeof v !== 'function')) return true;
     if (typeof v === 'function' || depth > 8) return false;
     if (fhir.isFast(v)) return true;
     const ctor = v.constructor;
     if (ctor === CqlDate || ctor === Code) return true;
+    if (ctor === DateTime) return dateTimesAwayFromEnds && v.year > 2 && v.year < 9998;
     if (ctor === Concept) return Array.isArray(v.codes) && v.codes.every((c) => shareable(c, depth + 1));
     if (ctor === Array) return v.every((x) => shareable(x, depth + 1));
     if (ctor === Object) {
@@ -780,8 +782,9 @@ function installFunctionMemo(fhir, shareable) {
 // offset first converted to UTC); a point uncertainty -> its point's key; a Bundle resource ->
 // Map{fhirResource}; a FHIR object -> Map of its elements + __instance: its type hierarchy. The
 // tags below keep kinds whose keys can never be equal apart.) A tuple made of values nothing
-// changes (the function memo's test) keeps its encoding: queries over a list of tuples (say,
-// every drug use) would otherwise encode each again at each query.
+// changes (the function memo's test, DateTimes away from the minimum and maximum included) keeps
+// its encoding: queries over a list of tuples (every drug use, every platelet count) would
+// otherwise encode each again at each query.
 
 function installFastDistinct(fhir, resourceKey, unchanging) {
   const list = require('cql-execution/lib/elm/list');
