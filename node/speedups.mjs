@@ -1,14 +1,18 @@
 // Speed-ups for serve.mjs: cql-execution 3.3.2 and cql-exec-fhir 2.2.0 give the same results
-// several times faster with these in place (KN5501: ~34 -> ~7 ms of CPU per patient).
+// several times faster with these in place (KN5501, both measured on one loaded machine: ~12 ->
+// ~1.3 ms of CPU per patient).
 //
 // Each one replaces an internal of a pinned library (cql-execution, cql-exec-fhir, luxon) with
 // code that computes the same values, and says here why nothing can differ. They are only valid
-// for the exact library code they were written against: installSpeedups() first checks the
-// package versions and the SHA-256 of every source file whose code is ported below, and throws
-// (the engine does not start) if anything changed. Re-check each speed-up against the new code
-// before updating PINNED_VERSIONS / PINNED_FILES (the files whose code is ported or whose
-// behaviour is reproduced; the rest of each package is pinned by its version).
+// for the exact library code they were written against: loadSynchronousEngine() first checks the
+// package versions, the SHA-256 of every source file whose code is ported below and a digest of
+// every cql-execution source (rewritten by 0), and throws (the engine does not start) if
+// anything changed. Re-check each speed-up against the new code before updating PINNED_VERSIONS
+// / PINNED_FILES / PINNED_SOURCES (the files whose code is ported or whose behaviour is
+// reproduced; the rest of each package is pinned by its version).
 //
+//  0. Every expression evaluated synchronously: cql-execution's sources loaded with async/await
+//     taken out (loadSynchronousEngine(), before anything else loads the library).
 //  1. FHIR objects (replaces cql-exec-fhir's FHIRObject construction, get and Patient.findRecords).
 //     The library's FHIRObject defines ~40 accessor properties on every instance (~15 us each),
 //     re-wraps a nested element at every access and re-parses its dates. Here the accessors live
@@ -21,8 +25,6 @@
 //     pattern with in-range fields already proves valid.
 //  5. Date/Quantity arithmetic ("As Of" - 180 days, 28 * 1 'day') remembered by value.
 //  6. Whole years between two fully specified Dates (AgeInYearsAt) without luxon.
-//  0. Every expression evaluated synchronously: cql-execution's sources loaded with async/await
-//     taken out (loadSynchronousEngine(), before anything else loads the library).
 //
 // The evaluation of one patient must not interleave with another's (serve.mjs evaluates
 // sequentially): beginPatient() starts a patient's memo.
@@ -619,7 +621,8 @@ function handOut(value) {
 // and lists and tuples of those); a DateTime result is kept as a private copy and handed out as
 // a copy; lists are handed out as copies. FunctionRef.prototype.exec is ported from
 // cql-execution elm/reusable.js (synchronous, as speed-up 0 makes it); the only change is the
-// memo (and the child context is made only when the body runs). A function that rarely hits stops being remembered (no effect on values).
+// memo (and the child context is made only when the body runs). A function that rarely hits
+// stops being remembered (no effect on values).
 
 /**
  * Whether a value is made of values nothing changes in place (see above): null, Boolean, Integer,

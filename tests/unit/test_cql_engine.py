@@ -606,6 +606,28 @@ def test_synchronous_evaluation_gives_the_libraries_values_and_errors(
     assert '"Fails" failed at Synchronous|1.0.0 line' in failures[0].message
 
 
+def test_the_speedups_refuse_library_code_they_were_not_written_for(tmp_path: Path) -> None:
+    """A cql-execution source that changed (here one no speed-up ports, but which speed-up 0
+    rewrites) stops the engine at start-up instead of running rewritten code."""
+    node_dir = CQL_DIR.parent / "node"
+    copy = tmp_path / "node"
+    modules = copy / "node_modules"
+    modules.mkdir(parents=True)
+    for script in ("serve.mjs", "speedups.mjs"):
+        shutil.copy(node_dir / script, copy)
+    for package in (node_dir / "node_modules").iterdir():
+        if package.name != "cql-execution":
+            (modules / package.name).symlink_to(package)
+    shutil.copytree(node_dir / "node_modules" / "cql-execution", modules / "cql-execution")
+    source = modules / "cql-execution" / "lib" / "elm" / "expression.js"
+    source.write_text(source.read_text() + "// changed\n")
+    done = subprocess.run(
+        ["node", str(copy / "serve.mjs")], input="", capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0
+    assert "cql-execution/lib changed" in done.stderr
+
+
 def test_each_speedup_matches_the_library_code_it_replaces(tmp_path: Path) -> None:
     """FHIR objects, distinct, date parsing, date arithmetic and ages, value by value."""
     script = tmp_path / "selfcheck.mjs"
