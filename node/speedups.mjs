@@ -1,19 +1,24 @@
 // Speed-ups for serve.mjs: cql-execution 3.3.2 and cql-exec-fhir 2.2.0 give the same results
-// several times faster with these in place (KN5501: ~34 -> ~7 ms of CPU per patient).
+// several times faster with these in place (KN5501, both measured on one loaded machine: ~12 ->
+// ~1.3 ms of CPU per patient).
 //
 // Each one replaces an internal of a pinned library (cql-execution, cql-exec-fhir, luxon) with
 // code that computes the same values, and says here why nothing can differ. They are only valid
-// for the exact library code they were written against: installSpeedups() first checks the
-// package versions and the SHA-256 of every source file whose code is ported below, and throws
-// (the engine does not start) if anything changed. Re-check each speed-up against the new code
-// before updating PINNED_VERSIONS / PINNED_FILES (the files whose code is ported or whose
-// behaviour is reproduced; the rest of each package is pinned by its version).
+// for the exact library code they were written against: loadSynchronousEngine() first checks the
+// package versions, the SHA-256 of every source file whose code is ported below and a digest of
+// every cql-execution source (rewritten by 0), and throws (the engine does not start) if
+// anything changed. Re-check each speed-up against the new code before updating PINNED_VERSIONS
+// / PINNED_FILES / PINNED_SOURCES (the files whose code is ported or whose behaviour is
+// reproduced; the rest of each package is pinned by its version).
 //
+//  0. Every expression evaluated synchronously: cql-execution's sources loaded with async/await
+//     taken out (loadSynchronousEngine(), before anything else loads the library).
 //  1. FHIR objects (replaces cql-exec-fhir's FHIRObject construction, get and Patient.findRecords).
 //     The library's FHIRObject defines ~40 accessor properties on every instance (~15 us each),
 //     re-wraps a nested element at every access and re-parses its dates. Here the accessors live
 //     on one prototype per FHIR type, get(field) is the library's code (ported) memoised per
-//     object and field, and each Bundle resource is wrapped once per patient and class.
+//     object and field, getCode(field) (a retrieve's code filter) likewise, and each Bundle
+//     resource is wrapped once per patient and class.
 //  2. CQL function results memoised per patient, by function and argument identity.
 //  3. toDistinctList (every query, union, distinct) with string keys instead of Immutable.js ones.
 //  4. DateTime.parse / Date.parse: luxon's validity check skipped for strings that a strict
@@ -27,7 +32,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { createRequire } from 'node:module';
+import Module, { createRequire } from 'node:module';
 
 const require = createRequire(import.meta.url);
 const requireFromCql = createRequire(require.resolve('cql-execution'));
@@ -60,16 +65,34 @@ function packageDir(name) {
   return dir;
 }
 
+const sha256 = (text) => crypto.createHash('sha256').update(text).digest('hex');
+
+/** Every .js file under cql-execution/lib (the sources speed-up 0 rewrites), by path: its SHA-256. */
+function cqlExecutionSources() {
+  const lib = path.join(packageDir('cql-execution'), 'lib');
+  const sources = new Map();
+  for (const name of fs.readdirSync(lib, { recursive: true }).sort()) {
+    if (name.endsWith('.js')) sources.set(path.join(lib, name), sha256(fs.readFileSync(path.join(lib, name))));
+  }
+  return sources;
+}
+// The digest of cqlExecutionSources() (paths relative to lib/).
+const PINNED_SOURCES = 'a932102a5f66f5f8b1e856ba7c56f9fc27d9bd7fa98c9849d03fb270ccf8f09d';
+function sourcesDigest(sources) {
+  const lib = path.join(packageDir('cql-execution'), 'lib');
+  return sha256([...sources].map(([file, sha]) => `${path.relative(lib, file)} ${sha}\n`).join(''));
+}
+
 function checkPinned() {
   const problems = [];
+  if (sourcesDigest(cqlExecutionSources()) !== PINNED_SOURCES) problems.push('cql-execution/lib changed');
   for (const [name, version] of Object.entries(PINNED_VERSIONS)) {
     const found = JSON.parse(fs.readFileSync(path.join(packageDir(name), 'package.json'), 'utf8')).version;
     if (found !== version) problems.push(`${name} is ${found}, not ${version}`);
   }
   for (const [file, sha] of Object.entries(PINNED_FILES)) {
     const [pkg, ...rest] = file.split('/');
-    const text = fs.readFileSync(path.join(packageDir(pkg), ...rest));
-    if (crypto.createHash('sha256').update(text).digest('hex') !== sha) problems.push(`${file} changed`);
+    if (sha256(fs.readFileSync(path.join(packageDir(pkg), ...rest))) !== sha) problems.push(`${file} changed`);
   }
   if (problems.length > 0) {
     throw new Error(`node/speedups.mjs was written for other library code (${problems.join('; ')}): re-check it`);
@@ -87,12 +110,70 @@ function remember(map, key, value) {
   map.set(key, value);
 }
 
-export function installSpeedups(patientSource, { resourceKey }) {
+// --- 0. synchronous evaluation ------------------------------------------------------------------
+//
+// cql-execution 3.x makes every expression node's exec (and execute, execArgs, the query
+// clauses, the merge sort's comparisons, value set and record look-ups) an async function: each
+// node of each evaluation allocates promises and resumes through the microtask queue, about a
+// third of the engine's time. Nothing here ever waits for I/O: the patient's records, the value
+// sets and the parameters are in memory, and every data source call answers at once. So the
+// library's sources are compiled with `async` and `await` removed and Promise.all(list) read as
+// Array.from(list): each function computes the same value and returns it instead of a promise
+// of it. The one change of order: the elements of a list selector, the sources of a query and
+// the components of a date selector, which Promise.all started together (interleaving at each
+// await), are evaluated one after the other. Evaluation has no effects that one element could
+// see of another (definitions are cached by name with the same value either way), so values
+// are the same; only when several of them fail could a different one of their errors be the
+// one reported.
+
+let synchronous = false;
+
+/** A cql-execution source with the same functions, synchronous (checked: nothing async left). */
+function synchronousSource(text, file) {
+  const out = text.replace(/\bawait\s+/g, '').replace(/\basync\s+(?=[\w(])/g, '').replace(/\bPromise\.all\(/g, 'Array.from(');
+  need(!/\b(async|await|Promise)\b/.test(out), `a synchronous form of ${file}`);
+  return out;
+}
+
+/**
+ * Loads cql-execution with every expression evaluated synchronously (speed-up 0) and returns it.
+ * Call it before anything loads the library (serve.mjs, before cql-exec-fhir): installSpeedups()
+ * needs it. Each source is checked against its pinned hash as it is compiled.
+ */
+export function loadSynchronousEngine() {
   checkPinned();
+  const sources = cqlExecutionSources();
+  need(!Object.keys(require.cache).some((f) => sources.has(f)), 'cql-execution not loaded yet');
+  const compile = Module.prototype._compile;
+  need(typeof compile === 'function', 'Module.prototype._compile');
+  const rewritten = new Set();
+  Module.prototype._compile = function _compile(content, filename) {
+    if (!sources.has(filename)) return compile.call(this, content, filename);
+    need(sha256(content) === sources.get(filename), `the pinned text of ${filename}`);
+    const text = synchronousSource(content, filename);
+    if (text !== content) rewritten.add(filename);
+    return compile.call(this, text, filename);
+  };
+  let cql;
+  try {
+    cql = require('cql-execution');
+  } finally {
+    Module.prototype._compile = compile;
+  }
+  // Every source with async code was loaded (and so rewritten) just now.
+  for (const file of sources.keys()) {
+    if (/\b(async|await|Promise)\b/.test(fs.readFileSync(file, 'utf8'))) need(rewritten.has(file), `synchronous ${file}`);
+  }
+  synchronous = true;
+  return cql;
+}
+
+export function installSpeedups(patientSource, { resourceKey }) {
+  need(synchronous, 'cql-execution loaded by loadSynchronousEngine()');
   const cql = require('cql-execution');
   const fhir = installFastFhir(patientSource, cql);
-  const memo = installFunctionMemo(fhir);
-  installFastDistinct(fhir, resourceKey);
+  const memo = installFunctionMemo(fhir, unchangingTest(fhir));
+  installFastDistinct(fhir, resourceKey, unchangingTest(fhir, { dateTimesAwayFromEnds: true }));
   installFastDateParse();
   installArithmeticCache();
   installFastAge();
@@ -135,6 +216,7 @@ function installFastFhir(patientSource, cql) {
   const modelInfo = probe?._modelInfo;
   for (const m of ['get', 'getCode', '_is', '_typeHierarchy', 'getTypeInfo']) need(typeof FHIRObject?.prototype?.[m] === 'function', `FHIRObject.${m}`);
   need(typeof Patient.prototype.findRecords === 'function', 'Patient.findRecords');
+  const libraryGetCode = FHIRObject.prototype.getCode;
   need(typeof modelInfo?.findClass === 'function', 'ModelInfo.findClass');
   need(typeof fhirUtil.normalizeChoiceName === 'function', 'normalizeChoiceName');
 
@@ -155,6 +237,7 @@ function installFastFhir(patientSource, cql) {
     #typeInfo;
     #modelInfo;
     #memo = undefined;
+    #codes = undefined;
     constructor(json, typeInfo, model) {
       this.#json = json;
       this.#typeInfo = typeInfo;
@@ -175,10 +258,22 @@ function installFastFhir(patientSource, cql) {
       if (this.#memo === undefined) this.#memo = new Map();
       let value = this.#memo.get(field);
       if (value === undefined && !this.#memo.has(field)) {
-        value = getField(this.#typeInfo, json, field, this.#modelInfo);
+        value = kept(getField(this.#typeInfo, json, field, this.#modelInfo));
         this.#memo.set(field, value);
       }
-      return handOut(value);
+      return value instanceof Kept ? handOut(value.value) : value;
+    }
+    // The library's getCode (get(field) as CQL Codes): a retrieve by code or value set calls it
+    // on every record, and it made new Codes each time. Remembered per object and field, like
+    // get(field); its one caller (Retrieve's filter, elm/external.js) only reads what it gets.
+    getCode(field) {
+      if (this.#codes === undefined) this.#codes = new Map();
+      let code = this.#codes.get(field);
+      if (code === undefined && !this.#codes.has(field)) {
+        code = kept(libraryGetCode.call(this, field));
+        this.#codes.set(field, code);
+      }
+      return code instanceof Kept ? handOut(code.value) : code;
     }
     getTypeInfo() {
       return this.#typeInfo;
@@ -495,6 +590,17 @@ function installFastFhir(patientSource, cql) {
   };
 }
 
+/** A remembered list or Date/DateTime, which handOut copies: told apart once, when remembered. */
+class Kept {
+  constructor(value) {
+    this.value = value;
+  }
+}
+function kept(value) {
+  if (value == null || typeof value !== 'object') return value;
+  return Array.isArray(value) || value.isDateTime || value.isDate ? new Kept(value) : value;
+}
+
 /** A value handed out again: lists and dates are copied, as the library made them anew each time. */
 function handOut(value) {
   if (value == null || typeof value !== 'object') return value;
@@ -514,21 +620,26 @@ function handOut(value) {
 // nothing changes (null, Boolean, Integer, Decimal, String, Date, Code, Concept, FHIR objects,
 // and lists and tuples of those); a DateTime result is kept as a private copy and handed out as
 // a copy; lists are handed out as copies. FunctionRef.prototype.exec is ported from
-// cql-execution elm/reusable.js; the only change is the memo (and the child context is made
-// only when the body runs). A function that rarely hits stops being remembered (no effect on values).
+// cql-execution elm/reusable.js (synchronous, as speed-up 0 makes it); the only change is the
+// memo (and the child context is made only when the body runs). A function that rarely hits
+// stops being remembered (no effect on values).
 
-function installFunctionMemo(fhir) {
-  const reusable = require('cql-execution/lib/elm/reusable');
+/**
+ * Whether a value is made of values nothing changes in place (see above): null, Boolean, Integer,
+ * Decimal, String, Date, Code, Concept, FHIR objects, and lists and tuples of those; with
+ * dateTimesAwayFromEnds, also DateTimes of the years 3-9997, which Start/End never change (they
+ * change one equal to the minimum or maximum DateTime, in the years 1 and 9999).
+ */
+function unchangingTest(fhir, { dateTimesAwayFromEnds = false } = {}) {
   const { Code, Concept } = require('cql-execution/lib/datatypes/datatypes');
   const { Date: CqlDate, DateTime } = require('cql-execution/lib/datatypes/datetime');
-  need(typeof reusable.FunctionRef?.prototype?.exec === 'function', 'FunctionRef.exec');
-
-  function shareable(v, depth = 0) {
+  return function shareable(v, depth = 0) {
     if (v == null || (typeof v !== 'object' && typeof v !== 'function')) return true;
     if (typeof v === 'function' || depth > 8) return false;
     if (fhir.isFast(v)) return true;
     const ctor = v.constructor;
     if (ctor === CqlDate || ctor === Code) return true;
+    if (ctor === DateTime) return dateTimesAwayFromEnds && v.year > 2 && v.year < 9998;
     if (ctor === Concept) return Array.isArray(v.codes) && v.codes.every((c) => shareable(c, depth + 1));
     if (ctor === Array) return v.every((x) => shareable(x, depth + 1));
     if (ctor === Object) {
@@ -536,7 +647,13 @@ function installFunctionMemo(fhir) {
       return true;
     }
     return false;
-  }
+  };
+}
+
+function installFunctionMemo(fhir, shareable) {
+  const reusable = require('cql-execution/lib/elm/reusable');
+  const { DateTime } = require('cql-execution/lib/datatypes/datetime');
+  need(typeof reusable.FunctionRef?.prototype?.exec === 'function', 'FunctionRef.exec');
 
   // A library's function runs in a child of that library's root context; a function of the
   // caller's own library runs in a child of the caller's context, and cql-execution resolves the
@@ -588,7 +705,7 @@ function installFunctionMemo(fhir) {
   let calls = new Map(); // functionDef -> nested Maps keyed by each argument -> RESULT
   const stats = new WeakMap(); // functionDef -> { calls, hits, off }
 
-  reusable.FunctionRef.prototype.exec = async function exec(ctx) {
+  reusable.FunctionRef.prototype.exec = function exec(ctx) {
     let functionDefs, libCtx;
     if (this.library) {
       const lib = ctx.get(this.library);
@@ -598,7 +715,7 @@ function installFunctionMemo(fhir) {
       functionDefs = ctx.getFunction(this.name);
       libCtx = ctx;
     }
-    const args = await this.execArgs(ctx);
+    const args = this.execArgs(ctx);
     // Filter out functions w/ wrong number of arguments.
     functionDefs = functionDefs.filter((f) => f.parameters.length === args.length);
     // If there is still > 1 matching function, filter by argument types
@@ -641,7 +758,7 @@ function installFunctionMemo(fhir) {
     }
     const child_ctx = libCtx ? libCtx.childContext() : undefined;
     for (let i = 0; i < functionDef.parameters.length; i++) child_ctx.set(functionDef.parameters[i].name, args[i]);
-    const value = await functionDef.expression.execute(child_ctx);
+    const value = functionDef.expression.execute(child_ctx);
     if (slot !== null) {
       if (value != null && value.constructor === DateTime) slot.set(RESULT, value.copy());
       else if (shareable(value)) slot.set(RESULT, value);
@@ -667,9 +784,12 @@ function installFunctionMemo(fhir) {
 // code/system/version/display; Date/DateTime -> Map of the own fields (a DateTime with another
 // offset first converted to UTC); a point uncertainty -> its point's key; a Bundle resource ->
 // Map{fhirResource}; a FHIR object -> Map of its elements + __instance: its type hierarchy. The
-// tags below keep kinds whose keys can never be equal apart.)
+// tags below keep kinds whose keys can never be equal apart.) A tuple made of values nothing
+// changes (the function memo's test, DateTimes away from the minimum and maximum included) keeps
+// its encoding: queries over a list of tuples (every drug use, every platelet count) would
+// otherwise encode each again at each query.
 
-function installFastDistinct(fhir, resourceKey) {
+function installFastDistinct(fhir, resourceKey, unchanging) {
   const list = require('cql-execution/lib/elm/list');
   const { Code, Uncertainty } = require('cql-execution/lib/datatypes/datatypes');
   const { Date: CqlDate, DateTime } = require('cql-execution/lib/datatypes/datetime');
@@ -691,6 +811,7 @@ function installFastDistinct(fhir, resourceKey) {
   // A FHIR object's encoding, per object (its data does not change) and, for what depends only on
   // its class, per class.
   const fhirCodes = new WeakMap();
+  const tupleCodes = new WeakMap();
   const classParts = new Map();
   function encodeFhir(v) {
     const typeInfo = v._typeInfo;
@@ -758,10 +879,14 @@ function installFastDistinct(fhir, resourceKey) {
       return `${out}]`;
     }
     if (ctor === Object) {
+      let e = tupleCodes.get(v);
+      if (e !== undefined) return e;
       const keys = Object.keys(v);
       // '__instance' would be overwritten in the key, '_typeHierarchy' would be called.
       if (keys.includes('__instance') || keys.includes('_typeHierarchy') || Object.getOwnPropertySymbols(v).length > 0) return undefined;
-      return encodeFields('U{', v, keys);
+      e = encodeFields('U{', v, keys);
+      if (e !== undefined && unchanging(v)) tupleCodes.set(v, e);
+      return e;
     }
     if (ctor === Code) {
       const parts = [v.code, v.system, v.version, v.display].map(encode);

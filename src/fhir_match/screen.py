@@ -73,7 +73,10 @@ class ScreenSummary:
         self.patients += 1
         self.outcomes[evaluation.outcome] += 1
         for result in evaluation.criteria:
-            self.criteria.setdefault(result.id, Counter())[result.result] += 1
+            counts = self.criteria.get(result.id)
+            if counts is None:
+                counts = self.criteria[result.id] = Counter()
+            counts[result.result] += 1
         if (criterion := removed_by(evaluation)) is not None:
             self.removed[criterion] += 1
 

@@ -403,6 +403,29 @@ def test_protocol_errors_get_an_answer_and_the_process_stays_up(elm_dir: Path) -
     assert answers[5]["results"] == [{"patientId": "alice", "values": {"Age": 54}}]
 
 
+def test_requests_end_at_any_line_break_and_long_ones_keep_their_characters() -> None:
+    """Lines end at \\n, \\r\\n or \\r; blank lines are skipped; a line far longer than a pipe's
+    chunk, full of two-byte characters, and a last line without a line break arrive whole."""
+    long_id = "é" * 300_000
+    requests = [
+        (b"\r\n", {"id": 1, "op": "nope"}),
+        (b"\r", {"id": 2, "op": "nope"}),
+        (b"\n\n  \n", {"id": long_id, "op": "nope"}),
+        (b"", {"id": 4, "op": "nope"}),
+    ]
+    data = b"".join(json.dumps(r, ensure_ascii=False).encode() + end for end, r in requests)
+    done = subprocess.run(
+        ["node", str(CQL_DIR.parent / "node" / "serve.mjs")],
+        input=data,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [a["id"] for a in answers] == [1, 2, long_id, 4]
+    assert all("unknown op" in a["error"] for a in answers)
+
+
 # Speed-ups (node/speedups.mjs): the same results as the libraries alone
 
 
@@ -514,6 +537,97 @@ def test_a_remembered_function_result_is_not_shared_with_a_shadowing_caller(
     assert values["Same Call Again"] == [11, 11, 22]
 
 
+SYNCHRONOUS_CQL = """
+library Synchronous version '1.0.0'
+using FHIR version '4.0.1'
+include FHIRHelpers version '4.0.1' called FHIRHelpers
+codesystem "LOINC": 'http://loinc.org'
+valueset "Type 2 Diabetes": 'http://example.org/fhir/ValueSet/type-2-diabetes'
+code "HbA1c": '4548-4' from "LOINC" display 'Hemoglobin A1c'
+concept "Lab": { "HbA1c" } display 'Lab'
+parameter "Window" Interval<DateTime>
+  default Interval[@2023-01-01T00:00:00Z, @2024-12-31T23:59:59Z]
+context Patient
+define "List Selector": { 1 + 1, Length('abc'), Count([Observation]) }
+define "Selectors": { DateTime(2024, 1, 2, 3, 4, 5, 6, 1.5), Date(2024, 2, 29), Time(10, 30) }
+define "Concept": "Lab"
+define "Code Equivalent": "HbA1c" ~ "Lab"
+define "Pairs": from [Observation] A, [Observation] B where A.id < B.id return A.id + '-' + B.id
+define "Values Sorted":
+  ([Observation] O let V: (O.value as FHIR.Quantity).value where V is not null return V) V
+    sort desc
+define "By Date Then Id":
+  ([Observation] O sort by FHIRHelpers.ToDateTime(effective as FHIR.dateTime) desc, id) O
+    return O.id
+define "Sum": ([Observation] O return FHIRHelpers.ToDecimal((O.value as FHIR.Quantity).value)) V
+  aggregate S starting 0.0: S + Coalesce(V, 0.0)
+define "With Diabetes Before": [Observation: "HbA1c"] O
+  with [Condition: "Type 2 Diabetes"] C
+    such that (C.onset as FHIR.dateTime) before (O.effective as FHIR.dateTime)
+  return O.id
+define "Without Condition": [Observation] O without [Condition] C such that true return O.id
+define "In Window": [Observation] O
+  where FHIRHelpers.ToDateTime(O.effective as FHIR.dateTime) during "Window" return O.id
+define "Case": case when Count([Observation]) > 2 then 'many'
+  when Count([Observation]) > 0 then 'some' else 'none' end
+define "Strings": { Combine(Split('a,b,c', ','), ';'), Substring('abcdef', 1, 3) }
+define "Matches": Matches('abc', 'a.c')
+define "Open Interval": Interval(1, Count([Observation])]
+define "Converts": { ConvertsToInteger('12'), ConvertsToInteger('x') }
+define "Fails": singleton from ([Observation])
+"""
+
+
+def test_synchronous_evaluation_gives_the_libraries_values_and_errors(
+    tmp_path: Path, helpers_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Speed-up 0 runs cql-execution without async/await: every construct whose evaluation it
+    reorders or rewrites (list, query and date selectors, sort, aggregate, relationships) gives
+    what the library alone gives, and a failure names the same definition and location."""
+    source = tmp_path / "cql"
+    source.mkdir()
+    (source / "Synchronous.cql").write_text(SYNCHRONOUS_CQL)
+    elm = translate_cql([helpers_dir, source], tmp_path / "elm")
+    fast = NodeCqlEngine("Synchronous", version="1.0.0", value_sets=EXPANSION, elm_dir=elm)
+    _plain_engine(monkeypatch, fast)
+    plain = NodeCqlEngine("Synchronous", version="1.0.0", value_sets=EXPANSION, elm_dir=elm)
+    patients = [ALICE, BOB, CAROL]
+    with fast, plain:
+        names = [n for n in fast.expression_names() if n != "Fails"]
+        values = fast.evaluate(patients, names)
+        assert values == plain.evaluate(patients, names)
+        failures = fast.evaluate(patients, ["Fails"])
+        assert failures == plain.evaluate(patients, ["Fails"])
+    alice = _values(values[0])
+    assert alice["Pairs"] == ["o1-o2", "o1-o3", "o2-o3"]
+    assert alice["By Date Then Id"] == ["o3", "o1", "o2"]
+    assert alice["List Selector"] == [2, 3, 3]
+    assert isinstance(failures[0], PatientFailure)
+    assert '"Fails" failed at Synchronous|1.0.0 line' in failures[0].message
+
+
+def test_the_speedups_refuse_library_code_they_were_not_written_for(tmp_path: Path) -> None:
+    """A cql-execution source that changed (here one no speed-up ports, but which speed-up 0
+    rewrites) stops the engine at start-up instead of running rewritten code."""
+    node_dir = CQL_DIR.parent / "node"
+    copy = tmp_path / "node"
+    modules = copy / "node_modules"
+    modules.mkdir(parents=True)
+    for script in ("serve.mjs", "speedups.mjs"):
+        shutil.copy(node_dir / script, copy)
+    for package in (node_dir / "node_modules").iterdir():
+        if package.name != "cql-execution":
+            (modules / package.name).symlink_to(package)
+    shutil.copytree(node_dir / "node_modules" / "cql-execution", modules / "cql-execution")
+    source = modules / "cql-execution" / "lib" / "elm" / "expression.js"
+    source.write_text(source.read_text() + "// changed\n")
+    done = subprocess.run(
+        ["node", str(copy / "serve.mjs")], input="", capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0
+    assert "cql-execution/lib changed" in done.stderr
+
+
 def test_each_speedup_matches_the_library_code_it_replaces(tmp_path: Path) -> None:
     """FHIR objects, distinct, date parsing, date arithmetic and ages, value by value."""
     script = tmp_path / "selfcheck.mjs"
@@ -528,7 +642,15 @@ def test_each_speedup_matches_the_library_code_it_replaces(tmp_path: Path) -> No
     )
     report = json.loads(done.stdout.splitlines()[-1])
     assert report["failures"] == []
-    for kind in ("fhir values", "fhir equals", "distinct", "DateTime.parse", "age", "arithmetic"):
+    for kind in (
+        "fhir values",
+        "fhir equals",
+        "getCode",
+        "distinct",
+        "DateTime.parse",
+        "age",
+        "arithmetic",
+    ):
         assert report["counts"].get(kind, 0) > 100, kind
 
 
@@ -541,7 +663,9 @@ import { pathToFileURL } from 'node:url';
 
 const [nodeDir, ...bundleFiles] = process.argv.slice(2);
 const require = createRequire(path.join(nodeDir, 'serve.mjs'));
-const cql = require('cql-execution');
+const speedupsUrl = pathToFileURL(path.join(nodeDir, 'speedups.mjs'));
+const { installSpeedups, loadSynchronousEngine, _internals } = await import(speedupsUrl);
+const cql = loadSynchronousEngine();
 const cqlfhir = require('cql-exec-fhir');
 const comparison = require('cql-execution/lib/util/comparison');
 const list = require('cql-execution/lib/elm/list');
@@ -562,8 +686,6 @@ const library = {
 };
 const plainSource = cqlfhir.PatientSource.FHIRv401();
 const fastSource = cqlfhir.PatientSource.FHIRv401();
-const speedupsUrl = pathToFileURL(path.join(nodeDir, 'speedups.mjs'));
-const { installSpeedups, _internals } = await import(speedupsUrl);
 const speedups = installSpeedups(fastSource, { resourceKey: () => null });
 immutableUtil.toNormalizedKey = (v) => speedups.fhirKey(v) ?? library.key(v);
 
@@ -624,7 +746,8 @@ const crafted = {
       effectiveDateTime: '2020-02-29',
       component: [{ code: { text: 'c' }, valueTime: '10:30:00' }] },
     { resourceType: 'Observation', id: 'o3', status: 'final',
-      code: { coding: [{ system: 's', code: '1' }] }, valueQuantity: UCUM,
+      code: { coding: [{ system: 's', code: '1' }, { system: 't', code: '2', display: 'd' }] },
+      valueQuantity: UCUM,
       effectiveDateTime: '2020-02-29' },
     { resourceType: 'Condition', id: 'c1', code: { coding: [{ system: 's', code: '1' }] },
       onsetPeriod: { end: '2019' }, abatementString: 'gone', _recordedDate: { id: 'r' } },
@@ -648,6 +771,17 @@ for (const bundle of bundles) {
     const a = plainPatient.findRecords(details.datatype, details);
     const b = fastPatient.findRecords(details.datatype, details);
     sameFhir(a, b, `${bundle.entry[0].resource.id}:${type}`, 0);
+    const CODED = ['code', 'medication', 'vaccineCode', 'status', 'category', 'noSuchElement'];
+    for (let i = 0; i < a.length; i++) {
+      for (const field of CODED) {
+        const want = json(a[i].getCode(field));
+        const first = b[i].getCode(field);
+        const again = b[i].getCode(field);
+        const same = want === json(first) && want === json(again);
+        const fresh = !Array.isArray(first) || first !== again;
+        check('getCode', same && fresh, `${type}.${field}: ${want} / ${json(first)}`);
+      }
+    }
     const parts = (r) => [r, r.code, r.code?.coding?.[0], r.id, r.meta, r.subject];
     for (let i = 0; i < a.length; i++) {
       for (let j = 0; j < a.length; j++) {
@@ -718,6 +852,20 @@ for (let i = 0; i < 3000; i++) {
 for (const items of lists) {
   const ok = sameList(library.distinct(items), list.toDistinctList(items));
   check('distinct', ok, items.map(show).join(' '));
+}
+// A tuple's encoding is kept only while nothing can change it: Start/End set, in place, the
+// offset of a DateTime equal to the minimum or maximum DateTime.
+const { MIN_DATETIME_VALUE, MAX_DATETIME_VALUE } = require('cql-execution/lib/datatypes/datetime');
+for (const end of [MIN_DATETIME_VALUE, MAX_DATETIME_VALUE]) {
+  const moment = end.copy();
+  const tuple = { at: moment, id: 'x' };
+  const unchanged = { at: end.copy(), id: 'x' };
+  for (const offset of [0, 2, 0, -5]) {
+    moment.timezoneOffset = offset;
+    const items = [tuple, unchanged, { id: 'x', at: moment }];
+    const ok = sameList(library.distinct(items), list.toDistinctList(items));
+    check('distinct', ok, `${end} with its offset changed to ${offset}`);
+  }
 }
 
 // 3. date strings: the same DateTime/Date (or null) as the library's parse.

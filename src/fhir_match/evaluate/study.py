@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +66,19 @@ class Study:
     criteria: tuple[Criterion, ...]
     discovery: Discovery
 
-    def criterion(self, criterion_id: str) -> Criterion:
+    @cached_property
+    def _criteria_by_id(self) -> dict[str, Criterion]:
+        """Each id's first criterion: looked up for every criterion of every patient screened."""
+        index: dict[str, Criterion] = {}
         for criterion in self.criteria:
-            if criterion.id == criterion_id:
-                return criterion
-        raise KeyError(criterion_id)
+            index.setdefault(criterion.id, criterion)
+        return index
+
+    def criterion(self, criterion_id: str) -> Criterion:
+        criterion = self._criteria_by_id.get(criterion_id)
+        if criterion is None:
+            raise KeyError(criterion_id)
+        return criterion
 
 
 def _criterion(data: dict[str, Any]) -> Criterion:
