@@ -10,6 +10,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from fhir_match.errors import ConfigError
+from fhir_match.records import RECORD_TYPES
 from fhir_match.signing import signing_key
 
 __all__ = [
@@ -42,22 +43,11 @@ AuthMethod = Literal["none", "basic", "bearer", "smart-backend"]
 _AUTH_METHODS = ("none", "basic", "bearer", "smart-backend")
 _MASK = "***"
 
-_READ_TYPES = (
-    "Patient",
-    "Condition",
-    "Observation",
-    "MedicationRequest",
-    "MedicationStatement",
-    "MedicationAdministration",
-    "Procedure",
-    "AllergyIntolerance",
-    "DiagnosticReport",
-    "Medication",
-)
-"""What a study's rules may read: the patient-compartment types of a record, and the
-Medications they cite."""
 _WRITE_TYPES = ("ResearchStudy", "ResearchSubject", "Provenance", "Group")
 """What discovery writes back, and reads again on the next run."""
+_READ_TYPES = (*(kind for kind in RECORD_TYPES if kind not in _WRITE_TYPES), "Medication")
+"""What a study's rules may read: the patient-compartment types of a record, and the
+Medications they cite."""
 DEFAULT_BACKEND_SCOPE = " ".join(
     [f"system/{kind}.rs" for kind in _READ_TYPES] + [f"system/{kind}.crus" for kind in _WRITE_TYPES]
 )

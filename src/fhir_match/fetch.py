@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from fhir_match.fhir import SEARCHES_IN_FLIGHT, FhirClient, Search
 from fhir_match.files import localise_references
 from fhir_match.grouping import group_by_patient
-from fhir_match.records import DataIssue, Json, PatientRecord
+from fhir_match.records import RECORD_TYPES, DataIssue, Json, PatientRecord
 
 __all__ = [
     "PAGE_SIZE",
@@ -75,27 +75,13 @@ _INCLUDES = {
     "MedicationAdministration": ("MedicationAdministration:medication",),
     "ResearchSubject": ("ResearchSubject:study",),
 }
-_PATIENT_TYPES = (
-    "Patient",
-    "Condition",
-    "Observation",
-    "MedicationRequest",
-    "MedicationStatement",
-    "MedicationAdministration",
-    "Procedure",
-    "AllergyIntolerance",
-    "DiagnosticReport",
-    "ResearchSubject",
-)
-"""Patient-compartment types a rule may retrieve; others (Medication, ResearchStudy) are
-reached from these by _include."""
 
 
 def record_searches(retrieved: Iterable[str]) -> tuple[RecordSearch, ...]:
     """The searches that make up a record holding every type in ``retrieved``."""
     wanted = set(retrieved) | {"Patient"}
     searches = []
-    for kind in _PATIENT_TYPES:
+    for kind in RECORD_TYPES:
         if kind not in wanted:
             continue
         param, element = _PATIENT_SEARCH.get(kind, ("patient", "subject"))

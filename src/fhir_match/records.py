@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 __all__ = [
+    "RECORD_TYPES",
     "CriterionKind",
     "CriterionResult",
     "DataIssue",
@@ -20,6 +21,21 @@ Json = dict[str, Any]
 Result = Literal["met", "not-met", "unknown"]
 CriterionKind = Literal["inclusion", "exclusion"]
 Outcome = Literal["candidate", "potential-candidate", "ineligible"]
+
+RECORD_TYPES = (
+    "Patient",
+    "Condition",
+    "Observation",
+    "MedicationRequest",
+    "MedicationStatement",
+    "MedicationAdministration",
+    "Procedure",
+    "AllergyIntolerance",
+    "DiagnosticReport",
+    "ResearchSubject",
+)
+"""The patient-compartment types a study's rules may retrieve; the Medications and
+ResearchStudies these cite come with them."""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import pytest
 from fhir_match.config import DEFAULT_BACKEND_SCOPE, load_settings
 from fhir_match.errors import ConfigError
 from fhir_match.fetch import record_searches
+from fhir_match.records import RECORD_TYPES
 from fhir_match.signing import signing_key
 
 from .keys import key_file, pem
@@ -59,19 +60,9 @@ def test_key_id_scope_and_token_url_can_be_set(tmp_path: Path) -> None:
 def test_the_default_scope_reads_every_record_type_and_writes_without_deleting() -> None:
     scopes = DEFAULT_BACKEND_SCOPE.split()
     assert all(s.startswith("system/") for s in scopes)
-    for search in record_searches(
-        [
-            "Condition",
-            "Observation",
-            "MedicationRequest",
-            "MedicationStatement",
-            "MedicationAdministration",
-            "Procedure",
-            "AllergyIntolerance",
-            "DiagnosticReport",
-        ]
-    ):
-        assert f"system/{search.resource_type}.rs" in scopes
+    for search in record_searches(RECORD_TYPES):
+        kind = search.resource_type
+        assert f"system/{kind}.rs" in scopes or f"system/{kind}.crus" in scopes
     assert "system/Medication.rs" in scopes
     for written in ("ResearchStudy", "ResearchSubject", "Provenance", "Group"):
         assert f"system/{written}.crus" in scopes
