@@ -5,8 +5,16 @@ Real records say the same thing many ways. Here, so that the CQL can say it once
   ingredients, or only by name becomes one ``medicationCodeableConcept`` holding every code,
   plus a drug-name coding for each English or Chinese drug name in its text or displays
   (the same for an AllergyIntolerance's substance, in its code and reactions);
-- a platelet count in any convertible unit is rewritten in 10*9/L; one that cannot be
-  converted is left as it was, so the rules report it, and recorded as a DataIssue;
+- a result the rules read that is recorded as a component of a panel Observation (a CBC with
+  the platelet count inside) becomes an Observation of its own, with the panel's id, status
+  and dates;
+- a platelet count in any convertible unit is rewritten in 10*9/L, also when written as text
+  ("<10", "85 K/uL"); one that cannot be converted is left with its unit (or "(no unit)"),
+  so the rules report it, and recorded as a DataIssue;
+- a code system named another way (``urn:oid:2.16.840.1.113883.6.90``, https, a SNOMED
+  edition URI) is renamed to the URI the value sets use;
+- a status written in capitals ("Resolved"), or a clinical or verification status given only
+  as text, becomes the FHIR code the rules compare;
 - the hierarchical codes (ICD-10, ATC, ICD-10-PCS) of the record are collected, so the
   engine's value sets can be extended by the subcodes the record actually uses;
 - resources no rule can read are left out: an Observation, Condition or medication use
@@ -18,6 +26,7 @@ Resources that are changed are copied; the input is not modified.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -30,8 +39,10 @@ from fhir_match.terminology import (
     HIERARCHICAL_SYSTEMS,
     ICD10,
     ICD10CM,
+    SNOMED,
     Coding,
     Terminology,
+    canonical_system,
 )
 from fhir_match.units import UCUM, UnitMap, UnitProblem, normalise_quantity
 
@@ -46,7 +57,7 @@ _CODE_ELEMENT = {
     "MedicationAdministration": "medicationCodeableConcept",
 }
 """Types the rules read only through a value set on this element."""
-_DIAGNOSIS_SYSTEMS = frozenset({"http://snomed.info/sct", ICD10, ICD10CM})
+_DIAGNOSIS_SYSTEMS = frozenset({SNOMED, ICD10, ICD10CM})
 _READ_WHOLE = frozenset(
     {
         "Patient",
@@ -81,19 +92,29 @@ class Normalised:
 
 
 def normalise(record: PatientRecord, normaliser: Normaliser) -> Normalised:
+    originals = [_with_canonical_systems(r) for r in record.resources]
     shared = {
         f"{r['resourceType']}/{r['id']}": r
-        for r in record.resources
+        for r in originals
         if r["resourceType"] == "Medication" and "id" in r
     }
     issues: list[DataIssue] = []
     resources: list[Json] = []
-    for resource in record.resources:
+    for original in originals:
+        resource = _statuses_folded(original)
         kind = resource["resourceType"]
         if kind in _MEDICATION_USES:
             resource = _with_drug_concept(resource, shared, normaliser.terminology)
         elif kind == "AllergyIntolerance":
             resource = _allergy_named(resource, normaliser.terminology)
+        elif kind == "Observation" and not _readable(resource, normaliser):
+            resources.extend(
+                _platelets_in_canonical_unit(part, normaliser.platelet_units, issues)
+                if _is_platelet_count(part, normaliser)
+                else part
+                for part in _readable_components(resource, normaliser)
+            )
+            continue
         elif kind == "Observation" and _is_platelet_count(resource, normaliser):
             resource = _platelets_in_canonical_unit(resource, normaliser.platelet_units, issues)
         if _readable(resource, normaliser):
@@ -105,6 +126,76 @@ def normalise(record: PatientRecord, normaliser: Normaliser) -> Normalised:
         "entry": [{"resource": r} for r in resources],
     }
     return Normalised(record.patient, bundle, codings, tuple(issues))
+
+
+_SYSTEM = re.compile(rb'"system":"([^"\\]*)"')
+
+
+def _with_canonical_systems(resource: Json) -> Json:
+    """The resource with every coding's (and quantity's) system as the value sets name it.
+    Found in its JSON text first, as nearly every resource needs no change."""
+    found = {s.decode() for s in _SYSTEM.findall(orjson.dumps(resource))}
+    if all(canonical_system(system) == system for system in found):
+        return resource
+    renamed: Json = _renamed(resource)
+    return renamed
+
+
+def _renamed(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_renamed(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    result = {key: _renamed(item) for key, item in value.items()}
+    system = value.get("system")
+    if isinstance(system, str) and "code" in value:  # a Coding or a Quantity, not an Identifier
+        result["system"] = canonical_system(system)
+    return result
+
+
+_STATUS_CODES = {
+    "clinicalStatus": frozenset(
+        {"active", "recurrence", "relapse", "inactive", "remission", "resolved"}
+    ),
+    "verificationStatus": frozenset(
+        {"unconfirmed", "provisional", "differential", "confirmed", "refuted", "entered-in-error"}
+    ),
+}
+"""The codes of Condition's and AllergyIntolerance's status concepts (allergies use a subset)."""
+
+
+def _fold_status(text: str) -> str:
+    return "-".join(text.replace("_", " ").split()).lower()
+
+
+def _statuses_folded(resource: Json) -> Json:
+    """The resource with its status codes in lower case ("Cancelled", "Resolved" are sent by
+    some interfaces) and a clinical or verification status that is only text ("Resolved")
+    coded; the rules compare the codes alone."""
+    result = resource
+    status = resource.get("status")
+    if isinstance(status, str) and status != _fold_status(status):
+        result = {**result, "status": _fold_status(status)}
+    if resource["resourceType"] not in ("Condition", "AllergyIntolerance"):
+        return result
+    for element, codes in _STATUS_CODES.items():
+        concept = resource.get(element)
+        if not isinstance(concept, dict):
+            continue
+        codings = _codings(concept)
+        if codings:
+            folded = [
+                {**c, "code": _fold_status(c["code"])}
+                if isinstance(c.get("code"), str) and c["code"] != _fold_status(c["code"])
+                else c
+                for c in codings
+            ]
+            if folded != codings:
+                result = {**result, element: {**concept, "coding": folded}}
+        elif isinstance(concept.get("text"), str) and _fold_status(concept["text"]) in codes:
+            coding = {"code": _fold_status(concept["text"])}
+            result = {**result, element: {**concept, "coding": [coding]}}
+    return result
 
 
 def _readable(resource: Json, normaliser: Normaliser) -> bool:
@@ -126,6 +217,23 @@ def _readable(resource: Json, normaliser: Normaliser) -> bool:
     # A Condition with no diagnosis code (uncoded, or only a hospital's local code) may still
     # name its disease in text: inc-2 reads ITP that way.
     return kind == "Condition" and not any(system in _DIAGNOSIS_SYSTEMS for system, _ in codings)
+
+
+def _readable_components(panel: Json, normaliser: Normaliser) -> list[Json]:
+    """An unreadable Observation's components that a rule reads, each as an Observation."""
+    components = panel.get("component")
+    if not isinstance(components, list):
+        return []
+    shell = {k: v for k, v in panel.items() if k != "component" and not k.startswith("value")}
+    parts = []
+    for component in components:
+        if not isinstance(component, dict):
+            continue
+        values = {k: v for k, v in component.items() if k.startswith("value")}
+        part = {**shell, "code": component.get("code"), **values}
+        if _readable(part, normaliser):
+            parts.append(part)
+    return parts
 
 
 def _codings(concept: Any) -> list[Json]:
@@ -216,14 +324,40 @@ def _is_platelet_count(observation: Json, normaliser: Normaliser) -> bool:
     )
 
 
+_COUNT_TEXT = re.compile(r"\s*(<=|>=|<|>|≤|≥)?\s*(\d+(?:\.\d+)?)\s*(.*?)\s*")
+_COMPARATORS = {"≤": "<=", "≥": ">="}
+
+
+def _quantity_from_text(text: str) -> Json | None:
+    """A count written as text ("<10", "85 K/uL", "85") as a Quantity; None if it is no number."""
+    match = _COUNT_TEXT.fullmatch(text)
+    if match is None:
+        return None
+    comparator, number, unit = match.groups()
+    quantity: Json = {"value": _json_number(Decimal(number))}
+    if comparator:
+        quantity["comparator"] = _COMPARATORS.get(comparator, comparator)
+    if unit:
+        quantity["unit"] = unit
+    return quantity
+
+
 def _platelets_in_canonical_unit(
     observation: Json, units: UnitMap, issues: list[DataIssue]
 ) -> Json:
+    where = f"Observation/{observation.get('id', '?')}"
+    text = observation.get("valueString")
+    if isinstance(text, str):
+        parsed = _quantity_from_text(text)
+        if parsed is None:
+            issues.append(DataIssue(where, f"platelet count not used: {text!r} is not a number"))
+            return observation
+        observation = {k: v for k, v in observation.items() if k != "valueString"}
+        observation["valueQuantity"] = parsed
     quantity = observation.get("valueQuantity")
     if not isinstance(quantity, dict):
         return observation
     value = quantity.get("value")
-    where = f"Observation/{observation.get('id', '?')}"
     converted = normalise_quantity(
         units,
         value if isinstance(value, int | float) else None,

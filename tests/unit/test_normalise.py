@@ -144,3 +144,95 @@ def test_subcodes_in_use_are_collected(normaliser: Normaliser) -> None:
     assert result.hierarchical_codings == frozenset({(ICD10, "D69.300x001")})
     additions = normaliser.terminology.hierarchy_additions(result.hierarchical_codings)
     assert (ICD10, "D69.300x001") in additions["https://fhir-match.org/fhir/ValueSet/itp"]
+
+
+def test_code_systems_named_by_oid_are_renamed(normaliser: Normaliser) -> None:
+    kept, _ = _run(
+        normaliser,
+        {
+            "resourceType": "Condition",
+            "id": "itp",
+            "subject": SUBJECT,
+            "identifier": [{"system": "urn:oid:2.16.840.1.113883.6.96", "value": "kept"}],
+            "code": {"coding": [{"system": "urn:oid:2.16.840.1.113883.6.90", "code": "D69.3"}]},
+        },
+    )
+    condition = kept["Condition/itp"]
+    assert condition["code"]["coding"][0]["system"] == "http://hl7.org/fhir/sid/icd-10-cm"
+    # an identifier's system is not a code system: left as written
+    assert condition["identifier"][0]["system"] == "urn:oid:2.16.840.1.113883.6.96"
+
+
+def test_platelet_counts_written_as_text_or_in_a_panel(normaliser: Normaliser) -> None:
+    loinc = "http://loinc.org"
+    kept, issues = _run(
+        normaliser,
+        {
+            "resourceType": "Observation",
+            "id": "text",
+            "status": "final",
+            "subject": SUBJECT,
+            "code": {"coding": [{"system": loinc, "code": "777-3"}]},
+            "valueString": "< 10 K/uL",
+        },
+        {
+            "resourceType": "Observation",
+            "id": "words",
+            "status": "final",
+            "subject": SUBJECT,
+            "code": {"coding": [{"system": loinc, "code": "777-3"}]},
+            "valueString": "clumped",
+        },
+        {
+            "resourceType": "Observation",
+            "id": "cbc",
+            "status": "final",
+            "subject": SUBJECT,
+            "code": {"coding": [{"system": loinc, "code": "58410-2"}]},
+            "effectiveDateTime": "2026-05-01",
+            "component": [
+                {"code": {"coding": [{"system": loinc, "code": "718-7"}]}, "valueQuantity": {}},
+                {
+                    "code": {"coding": [{"system": loinc, "code": "777-3"}]},
+                    "valueQuantity": {"value": 45000, "unit": "/uL"},
+                },
+            ],
+        },
+    )
+    assert kept["Observation/text"]["valueQuantity"] == {
+        "value": 10,
+        "comparator": "<",
+        "unit": "10*9/L",
+        "system": "http://unitsofmeasure.org",
+        "code": "10*9/L",
+    }
+    cbc = kept["Observation/cbc"]
+    assert cbc["code"]["coding"][0]["code"] == "777-3"
+    assert cbc["valueQuantity"]["value"] == 45
+    assert cbc["effectiveDateTime"] == "2026-05-01"
+    assert "component" not in cbc
+    assert issues == ["Observation/words: platelet count not used: 'clumped' is not a number"]
+
+
+def test_statuses_are_folded_to_their_codes(normaliser: Normaliser) -> None:
+    kept, _ = _run(
+        normaliser,
+        {
+            "resourceType": "Condition",
+            "id": "itp",
+            "subject": SUBJECT,
+            "clinicalStatus": {"text": "Resolved"},
+            "verificationStatus": {"coding": [{"code": "Entered in Error"}]},
+            "code": {"coding": [{"system": ICD10, "code": "D69.3"}]},
+        },
+        {
+            "resourceType": "Procedure",
+            "id": "spl",
+            "status": "Not-Done",
+            "subject": SUBJECT,
+        },
+    )
+    condition = kept["Condition/itp"]
+    assert condition["clinicalStatus"]["coding"] == [{"code": "resolved"}]
+    assert condition["verificationStatus"]["coding"] == [{"code": "entered-in-error"}]
+    assert kept["Procedure/spl"]["status"] == "not-done"
