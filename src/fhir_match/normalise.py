@@ -96,7 +96,7 @@ def normalise(record: PatientRecord, normaliser: Normaliser) -> Normalised:
     shared = {
         f"{r['resourceType']}/{r['id']}": r
         for r in originals
-        if r["resourceType"] == "Medication" and "id" in r
+        if r["resourceType"] in ("Medication", "Substance") and "id" in r
     }
     issues: list[DataIssue] = []
     resources: list[Json] = []
@@ -246,17 +246,38 @@ def _with_drug_concept(use: Json, shared: dict[str, Json], terminology: Terminol
     """The use with one ``medicationCodeableConcept`` that names the drug every way it can."""
     concept = use.get("medicationCodeableConcept")
     if not isinstance(concept, dict):
-        reference = use.get("medicationReference") or {}
-        target = reference.get("reference", "") if isinstance(reference, dict) else ""
-        medication = _contained(use, target[1:]) if target.startswith("#") else shared.get(target)
-        if medication is not None:
-            concept = _medication_concept(medication)
-        else:
-            display = reference.get("display") if isinstance(reference, dict) else None
-            concept = {"text": display} if isinstance(display, str) else {}
+        concept = _referenced_concept(use.get("medicationReference"), use, shared)
     result = {k: v for k, v in use.items() if k != "medicationReference"}
     result["medicationCodeableConcept"] = _named(concept, terminology)
     return result
+
+
+_LOCAL_REFERENCE = re.compile(r"([A-Z][A-Za-z]+/[A-Za-z0-9.\-]+)(?:/_history/[A-Za-z0-9.\-]+)?")
+
+
+def _resolved(reference: Any, holder: Json, shared: dict[str, Json]) -> Json | None:
+    """The Medication (or Substance) a reference points to: contained in ``holder``, or in the
+    record, also when the reference is absolute or versioned (https://ehr/fhir/Medication/1,
+    Medication/1/_history/2)."""
+    target = reference.get("reference") if isinstance(reference, dict) else None
+    if not isinstance(target, str):
+        return None
+    if target.startswith("#"):
+        return _contained(holder, target[1:])
+    local = _LOCAL_REFERENCE.search(target)
+    return shared.get(target) or (shared.get(local.group(1)) if local else None)
+
+
+def _referenced_concept(reference: Any, holder: Json, shared: dict[str, Json]) -> Json:
+    """A concept for a reference: the referenced resource's code and ingredients, and the
+    reference's display (which often names the drug when the code is a local one)."""
+    target = _resolved(reference, holder, shared)
+    concept = _medication_concept(target, shared) if target is not None else {}
+    display = reference.get("display") if isinstance(reference, dict) else None
+    if isinstance(display, str):
+        text = concept.get("text")
+        concept = {**concept, "text": f"{text} / {display}" if text else display}
+    return concept
 
 
 def _contained(resource: Json, local_id: str) -> Json | None:
@@ -266,19 +287,36 @@ def _contained(resource: Json, local_id: str) -> Json | None:
     return None
 
 
-def _medication_concept(medication: Json) -> Json:
-    """A Medication's code and its ingredients' codes, as one concept."""
+def _medication_concept(medication: Json, shared: dict[str, Json]) -> Json:
+    """A Medication's code and its ingredients' codes (inline, or a referenced Medication's or
+    Substance's), as one concept."""
     code: Json = medication["code"] if isinstance(medication.get("code"), dict) else {}
     codings = list(_codings(code))
     texts: list[str] = [code["text"]] if isinstance(code.get("text"), str) else []
     for ingredient in medication.get("ingredient") or []:
-        item = ingredient.get("itemCodeableConcept") if isinstance(ingredient, dict) else None
+        if not isinstance(ingredient, dict):
+            continue
+        item = ingredient.get("itemCodeableConcept")
+        if "itemReference" in ingredient:
+            item = _ingredient_concept(ingredient["itemReference"], medication, shared)
         codings.extend(_codings(item))
         if isinstance(item, dict) and isinstance(item.get("text"), str):
             texts.append(item["text"])
     concept: Json = {"coding": codings}
     if texts:
         concept["text"] = " / ".join(texts)
+    return concept
+
+
+def _ingredient_concept(reference: Any, medication: Json, shared: dict[str, Json]) -> Json:
+    """An ingredient given by reference: its target's own code (not its ingredients again, so a
+    cycle of references ends), and the reference's display."""
+    target = _resolved(reference, medication, shared)
+    code = target.get("code") if target is not None else None
+    concept: Json = dict(code) if isinstance(code, dict) else {}
+    display = reference.get("display") if isinstance(reference, dict) else None
+    if isinstance(display, str):
+        concept["text"] = f"{concept['text']} / {display}" if concept.get("text") else display
     return concept
 
 
