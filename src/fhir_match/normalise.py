@@ -13,8 +13,8 @@ Real records say the same thing many ways. Here, so that the CQL can say it once
   so the rules report it, and recorded as a DataIssue;
 - a code system named another way (``urn:oid:2.16.840.1.113883.6.90``, https, a SNOMED
   edition URI) is renamed to the URI the value sets use;
-- a status written in capitals ("Resolved"), or a clinical or verification status given only
-  as text, becomes the FHIR code the rules compare;
+- a status or gender written in capitals ("Resolved", "Male"), or a clinical or verification
+  status given only as text, becomes the FHIR code the rules compare;
 - the hierarchical codes (ICD-10, ATC, ICD-10-PCS) of the record are collected, so the
   engine's value sets can be extended by the subcodes the record actually uses;
 - resources no rule can read are left out: an Observation, Condition or medication use
@@ -169,13 +169,14 @@ def _fold_status(text: str) -> str:
 
 
 def _statuses_folded(resource: Json) -> Json:
-    """The resource with its status codes in lower case ("Cancelled", "Resolved" are sent by
-    some interfaces) and a clinical or verification status that is only text ("Resolved")
-    coded; the rules compare the codes alone."""
+    """The resource with its status (and gender) codes in lower case ("Cancelled", "Resolved",
+    "Male" are sent by some interfaces) and a clinical or verification status that is only
+    text ("Resolved") coded; the rules compare the codes alone."""
     result = resource
-    status = resource.get("status")
-    if isinstance(status, str) and status != _fold_status(status):
-        result = {**result, "status": _fold_status(status)}
+    for field in ("status", "gender"):  # a Patient's gender is a code the rules compare too
+        value = resource.get(field)
+        if isinstance(value, str) and value != _fold_status(value):
+            result = {**result, field: _fold_status(value)}
     if resource["resourceType"] not in ("Condition", "AllergyIntolerance"):
         return result
     for element, codes in _STATUS_CODES.items():
