@@ -10,7 +10,8 @@ Real records say the same thing many ways. Here, so that the CQL can say it once
   and dates;
 - a platelet count in any convertible unit is rewritten in 10*9/L, also when written as text
   ("<10", "85 K/uL"); one that cannot be converted is left with its unit (or "(no unit)"),
-  so the rules report it, and recorded as a DataIssue;
+  so the rules report it, and recorded as a DataIssue; another result the rules read that is
+  written as a number with a unit ("35%", "<5 mIU/mL") becomes a Quantity;
 - a code system named another way (``urn:oid:2.16.840.1.113883.6.90``, https, a SNOMED
   edition URI) is renamed to the URI the value sets use;
 - a status or gender written in capitals ("Resolved", "Male"), or a clinical or verification
@@ -109,14 +110,12 @@ def normalise(record: PatientRecord, normaliser: Normaliser) -> Normalised:
             resource = _allergy_named(resource, normaliser.terminology)
         elif kind == "Observation" and not _readable(resource, normaliser):
             resources.extend(
-                _platelets_in_canonical_unit(part, normaliser.platelet_units, issues)
-                if _is_platelet_count(part, normaliser)
-                else part
+                _with_value_read(part, normaliser, issues)
                 for part in _readable_components(resource, normaliser)
             )
             continue
-        elif kind == "Observation" and _is_platelet_count(resource, normaliser):
-            resource = _platelets_in_canonical_unit(resource, normaliser.platelet_units, issues)
+        elif kind == "Observation":
+            resource = _with_value_read(resource, normaliser, issues)
         if _readable(resource, normaliser):
             resources.append(resource)
     codings = frozenset().union(*(_hierarchical_codings(r) for r in resources if _may_nest(r)))
@@ -379,6 +378,23 @@ def _quantity_from_text(text: str) -> Json | None:
     if unit:
         quantity["unit"] = unit
     return quantity
+
+
+def _with_value_read(observation: Json, normaliser: Normaliser, issues: list[DataIssue]) -> Json:
+    """A platelet count in the canonical unit; another result written as text that is a number
+    with a plain unit ("35%", "<5 mIU/mL", "2") as a Quantity, so the rules read it like one.
+    Text with digits beyond the number ("55-60%", "II-III") stays text."""
+    if _is_platelet_count(observation, normaliser):
+        return _platelets_in_canonical_unit(observation, normaliser.platelet_units, issues)
+    text = observation.get("valueString")
+    if not isinstance(text, str) or not _readable(observation, normaliser):
+        return observation
+    quantity = _quantity_from_text(text)
+    if quantity is None or any(c.isdigit() for c in quantity.get("unit", "")):
+        return observation
+    result = {k: v for k, v in observation.items() if k != "valueString"}
+    result["valueQuantity"] = quantity
+    return result
 
 
 def _platelets_in_canonical_unit(

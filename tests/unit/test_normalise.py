@@ -236,3 +236,31 @@ def test_statuses_are_folded_to_their_codes(normaliser: Normaliser) -> None:
     assert condition["clinicalStatus"]["coding"] == [{"code": "resolved"}]
     assert condition["verificationStatus"]["coding"] == [{"code": "entered-in-error"}]
     assert kept["Procedure/spl"]["status"] == "not-done"
+
+
+def test_other_results_written_as_a_number_become_quantities(normaliser: Normaliser) -> None:
+    def result(oid: str, code: str, text: str) -> Json:
+        return {
+            "resourceType": "Observation",
+            "id": oid,
+            "status": "final",
+            "subject": SUBJECT,
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "valueString": text,
+        }
+
+    kept, _ = _run(
+        normaliser,
+        result("ef", "10230-1", "35 %"),
+        result("hcg", "2106-3", "<2.0 mIU/mL"),
+        result("range", "10230-1", "55-60%"),
+        result("word", "2106-3", "Positive"),
+    )
+    assert kept["Observation/ef"]["valueQuantity"] == {"value": 35, "unit": "%"}
+    assert kept["Observation/hcg"]["valueQuantity"] == {
+        "value": 2,
+        "comparator": "<",
+        "unit": "mIU/mL",
+    }
+    assert kept["Observation/range"]["valueString"] == "55-60%"
+    assert kept["Observation/word"]["valueString"] == "Positive"
