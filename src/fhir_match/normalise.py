@@ -219,18 +219,32 @@ def _readable(resource: Json, normaliser: Normaliser) -> bool:
     return kind == "Condition" and not any(system in _DIAGNOSIS_SYSTEMS for system, _ in codings)
 
 
+_RESULT_ELEMENTS = frozenset(
+    {
+        *(f"value{kind}" for kind in ("Quantity", "CodeableConcept", "String", "Boolean")),
+        *(f"value{kind}" for kind in ("Integer", "Range", "Ratio", "SampledData", "Time")),
+        *(f"value{kind}" for kind in ("DateTime", "Period")),
+        "dataAbsentReason",
+        "interpretation",
+        "referenceRange",
+    }
+)
+"""What an Observation and each of its components have of their own: a component's result
+replaces the panel's."""
+
+
 def _readable_components(panel: Json, normaliser: Normaliser) -> list[Json]:
     """An unreadable Observation's components that a rule reads, each as an Observation."""
     components = panel.get("component")
     if not isinstance(components, list):
         return []
-    shell = {k: v for k, v in panel.items() if k != "component" and not k.startswith("value")}
+    shell = {k: v for k, v in panel.items() if k not in _RESULT_ELEMENTS and k != "component"}
     parts = []
     for component in components:
         if not isinstance(component, dict):
             continue
-        values = {k: v for k, v in component.items() if k.startswith("value")}
-        part = {**shell, "code": component.get("code"), **values}
+        result = {k: v for k, v in component.items() if k in _RESULT_ELEMENTS}
+        part = {**shell, "code": component.get("code"), **result}
         if _readable(part, normaliser):
             parts.append(part)
     return parts
