@@ -170,7 +170,8 @@ def _fold_status(text: str) -> str:
 def _statuses_folded(resource: Json) -> Json:
     """The resource with its status (and gender) codes in lower case ("Cancelled", "Resolved",
     "Male" are sent by some interfaces) and a clinical or verification status that is only
-    text ("Resolved") coded; the rules compare the codes alone."""
+    text ("Resolved") or a bare code (STU3's "resolved") coded; the rules compare the codes
+    alone."""
     result = resource
     for field in ("status", "gender"):  # a Patient's gender is a code the rules compare too
         value = resource.get(field)
@@ -180,6 +181,9 @@ def _statuses_folded(resource: Json) -> Json:
         return result
     for element, codes in _STATUS_CODES.items():
         concept = resource.get(element)
+        if isinstance(concept, str):  # a bare code, as FHIR STU3 wrote these statuses
+            concept = {"text": concept}
+            result = {**result, element: concept}
         if not isinstance(concept, dict):
             continue
         codings = _codings(concept)

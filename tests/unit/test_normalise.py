@@ -226,6 +226,13 @@ def test_statuses_are_folded_to_their_codes(normaliser: Normaliser) -> None:
             "code": {"coding": [{"system": ICD10, "code": "D69.3"}]},
         },
         {
+            "resourceType": "Condition",
+            "id": "stu3",
+            "subject": SUBJECT,
+            "verificationStatus": "refuted",
+            "code": {"coding": [{"system": ICD10, "code": "D69.3"}]},
+        },
+        {
             "resourceType": "Procedure",
             "id": "spl",
             "status": "Not-Done",
@@ -235,6 +242,10 @@ def test_statuses_are_folded_to_their_codes(normaliser: Normaliser) -> None:
     condition = kept["Condition/itp"]
     assert condition["clinicalStatus"]["coding"] == [{"code": "resolved"}]
     assert condition["verificationStatus"]["coding"] == [{"code": "entered-in-error"}]
+    assert kept["Condition/stu3"]["verificationStatus"] == {
+        "text": "refuted",
+        "coding": [{"code": "refuted"}],
+    }
     assert kept["Procedure/spl"]["status"] == "not-done"
 
 
