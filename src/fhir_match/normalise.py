@@ -13,7 +13,8 @@ Real records say the same thing many ways. Here, so that the CQL can say it once
   so the rules report it, and recorded as a DataIssue; another result the rules read that is
   written as a number with a unit ("35%", "<5 mIU/mL") becomes a Quantity;
 - a code system named another way (``urn:oid:2.16.840.1.113883.6.90``, https, a SNOMED
-  edition URI) is renamed to the URI the value sets use;
+  edition URI) is renamed to the URI the value sets use, and a code padded with spaces is
+  trimmed;
 - a status or gender written in capitals ("Resolved", "Male"), or a clinical or verification
   status given only as text, becomes the FHIR code the rules compare;
 - the hierarchical codes (ICD-10, ATC, ICD-10-PCS) of the record are collected, so the
@@ -93,7 +94,7 @@ class Normalised:
 
 
 def normalise(record: PatientRecord, normaliser: Normaliser) -> Normalised:
-    originals = [_with_canonical_systems(r) for r in record.resources]
+    originals = [_with_clean_codings(r) for r in record.resources]
     shared = {
         f"{r['resourceType']}/{r['id']}": r
         for r in originals
@@ -128,27 +129,34 @@ def normalise(record: PatientRecord, normaliser: Normaliser) -> Normalised:
 
 
 _SYSTEM = re.compile(rb'"system":"([^"\\]*)"')
+_PADDED_CODE = re.compile(rb'"code":"(?:\s|[^"\\]*\s")')
+"""A code with spaces around it, as fixed-width exports pad them ("32273002  ")."""
 
 
-def _with_canonical_systems(resource: Json) -> Json:
-    """The resource with every coding's (and quantity's) system as the value sets name it.
-    Found in its JSON text first, as nearly every resource needs no change."""
-    found = {s.decode() for s in _SYSTEM.findall(orjson.dumps(resource))}
-    if all(canonical_system(system) == system for system in found):
+def _with_clean_codings(resource: Json) -> Json:
+    """The resource with every coding's (and quantity's) system as the value sets name it and
+    its code without surrounding spaces: value sets compare both exactly. Found in its JSON
+    text first, as nearly every resource needs no change."""
+    text = orjson.dumps(resource)
+    found = {s.decode() for s in _SYSTEM.findall(text)}
+    if all(canonical_system(system) == system for system in found) and not _PADDED_CODE.search(
+        text
+    ):
         return resource
-    renamed: Json = _renamed(resource)
-    return renamed
+    cleaned: Json = _cleaned(resource)
+    return cleaned
 
 
-def _renamed(value: Any) -> Any:
+def _cleaned(value: Any) -> Any:
     if isinstance(value, list):
-        return [_renamed(item) for item in value]
+        return [_cleaned(item) for item in value]
     if not isinstance(value, dict):
         return value
-    result = {key: _renamed(item) for key, item in value.items()}
-    system = value.get("system")
-    if isinstance(system, str) and "code" in value:  # a Coding or a Quantity, not an Identifier
+    result = {key: _cleaned(item) for key, item in value.items()}
+    system, code = value.get("system"), value.get("code")
+    if isinstance(system, str) and isinstance(code, str):  # a Coding or a Quantity
         result["system"] = canonical_system(system)
+        result["code"] = code.strip()
     return result
 
 

@@ -146,7 +146,7 @@ def test_subcodes_in_use_are_collected(normaliser: Normaliser) -> None:
     assert (ICD10, "D69.300x001") in additions["https://fhir-match.org/fhir/ValueSet/itp"]
 
 
-def test_code_systems_named_by_oid_are_renamed(normaliser: Normaliser) -> None:
+def test_oid_systems_renamed_and_padded_codes_trimmed(normaliser: Normaliser) -> None:
     kept, _ = _run(
         normaliser,
         {
@@ -154,11 +154,14 @@ def test_code_systems_named_by_oid_are_renamed(normaliser: Normaliser) -> None:
             "id": "itp",
             "subject": SUBJECT,
             "identifier": [{"system": "urn:oid:2.16.840.1.113883.6.96", "value": "kept"}],
-            "code": {"coding": [{"system": "urn:oid:2.16.840.1.113883.6.90", "code": "D69.3"}]},
+            "code": {"coding": [{"system": "urn:oid:2.16.840.1.113883.6.90", "code": "D69.3 "}]},
         },
     )
     condition = kept["Condition/itp"]
-    assert condition["code"]["coding"][0]["system"] == "http://hl7.org/fhir/sid/icd-10-cm"
+    assert condition["code"]["coding"][0] == {
+        "system": "http://hl7.org/fhir/sid/icd-10-cm",
+        "code": "D69.3",
+    }
     # an identifier's system is not a code system: left as written
     assert condition["identifier"][0]["system"] == "urn:oid:2.16.840.1.113883.6.96"
 
