@@ -435,6 +435,10 @@ def _platelets_in_canonical_unit(
             return observation
         observation = {k: v for k, v in observation.items() if k != "valueString"}
         observation["valueQuantity"] = parsed
+    number = observation.get("valueInteger")
+    if isinstance(number, int):  # a count without a unit: reported like a unit-less quantity
+        observation = {k: v for k, v in observation.items() if k != "valueInteger"}
+        observation["valueQuantity"] = {"value": number}
     quantity = observation.get("valueQuantity")
     if not isinstance(quantity, dict):
         return observation
