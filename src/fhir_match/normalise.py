@@ -5,8 +5,18 @@ Real records say the same thing many ways. Here, so that the CQL can say it once
   ingredients, or only by name becomes one ``medicationCodeableConcept`` holding every code,
   plus a drug-name coding for each English or Chinese drug name in its text or displays
   (the same for an AllergyIntolerance's substance, in its code and reactions);
-- a platelet count in any convertible unit is rewritten in 10*9/L; one that cannot be
-  converted is left as it was, so the rules report it, and recorded as a DataIssue;
+- a result the rules read that is recorded as a component of a panel Observation (a CBC with
+  the platelet count inside) becomes an Observation of its own, with the panel's id, status
+  and dates;
+- a platelet count in any convertible unit is rewritten in 10*9/L, also when written as text
+  ("<10", "85 K/uL"); one that cannot be converted is left with its unit (or "(no unit)"),
+  so the rules report it, and recorded as a DataIssue; another result the rules read that is
+  written as a number with a unit ("35%", "<5 mIU/mL") becomes a Quantity;
+- a code system named another way (``urn:oid:2.16.840.1.113883.6.90``, https, a SNOMED
+  edition URI) is renamed to the URI the value sets use, and a code padded with spaces is
+  trimmed;
+- a status or gender written in capitals ("Resolved", "Male"), or a clinical or verification
+  status given only as text, becomes the FHIR code the rules compare;
 - the hierarchical codes (ICD-10, ATC, ICD-10-PCS) of the record are collected, so the
   engine's value sets can be extended by the subcodes the record actually uses;
 - resources no rule can read are left out: an Observation, Condition or medication use
@@ -18,6 +28,7 @@ Resources that are changed are copied; the input is not modified.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -30,8 +41,10 @@ from fhir_match.terminology import (
     HIERARCHICAL_SYSTEMS,
     ICD10,
     ICD10CM,
+    SNOMED,
     Coding,
     Terminology,
+    canonical_system,
 )
 from fhir_match.units import UCUM, UnitMap, UnitProblem, normalise_quantity
 
@@ -46,7 +59,7 @@ _CODE_ELEMENT = {
     "MedicationAdministration": "medicationCodeableConcept",
 }
 """Types the rules read only through a value set on this element."""
-_DIAGNOSIS_SYSTEMS = frozenset({"http://snomed.info/sct", ICD10, ICD10CM})
+_DIAGNOSIS_SYSTEMS = frozenset({SNOMED, ICD10, ICD10CM})
 _READ_WHOLE = frozenset(
     {
         "Patient",
@@ -81,21 +94,29 @@ class Normalised:
 
 
 def normalise(record: PatientRecord, normaliser: Normaliser) -> Normalised:
+    originals = [_with_clean_codings(r) for r in record.resources]
     shared = {
         f"{r['resourceType']}/{r['id']}": r
-        for r in record.resources
-        if r["resourceType"] == "Medication" and "id" in r
+        for r in originals
+        if r["resourceType"] in ("Medication", "Substance") and "id" in r
     }
     issues: list[DataIssue] = []
     resources: list[Json] = []
-    for resource in record.resources:
+    for original in originals:
+        resource = _statuses_folded(original)
         kind = resource["resourceType"]
         if kind in _MEDICATION_USES:
             resource = _with_drug_concept(resource, shared, normaliser.terminology)
         elif kind == "AllergyIntolerance":
             resource = _allergy_named(resource, normaliser.terminology)
-        elif kind == "Observation" and _is_platelet_count(resource, normaliser):
-            resource = _platelets_in_canonical_unit(resource, normaliser.platelet_units, issues)
+        elif kind == "Observation" and not _readable(resource, normaliser):
+            resources.extend(
+                _with_value_read(part, normaliser, issues)
+                for part in _readable_components(resource, normaliser)
+            )
+            continue
+        elif kind == "Observation":
+            resource = _with_value_read(resource, normaliser, issues)
         if _readable(resource, normaliser):
             resources.append(resource)
     codings = frozenset().union(*(_hierarchical_codings(r) for r in resources if _may_nest(r)))
@@ -105,6 +126,88 @@ def normalise(record: PatientRecord, normaliser: Normaliser) -> Normalised:
         "entry": [{"resource": r} for r in resources],
     }
     return Normalised(record.patient, bundle, codings, tuple(issues))
+
+
+_SYSTEM = re.compile(rb'"system":"([^"\\]*)"')
+_PADDED_CODE = re.compile(rb'"code":"(?:\s|[^"\\]*\s")')
+"""A code with spaces around it, as fixed-width exports pad them ("32273002  ")."""
+
+
+def _with_clean_codings(resource: Json) -> Json:
+    """The resource with every coding's (and quantity's) system as the value sets name it and
+    its code without surrounding spaces: value sets compare both exactly. Found in its JSON
+    text first, as nearly every resource needs no change."""
+    text = orjson.dumps(resource)
+    found = {s.decode() for s in _SYSTEM.findall(text)}
+    if all(canonical_system(system) == system for system in found) and not _PADDED_CODE.search(
+        text
+    ):
+        return resource
+    cleaned: Json = _cleaned(resource)
+    return cleaned
+
+
+def _cleaned(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_cleaned(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    result = {key: _cleaned(item) for key, item in value.items()}
+    system, code = value.get("system"), value.get("code")
+    if isinstance(system, str) and isinstance(code, str):  # a Coding or a Quantity
+        result["system"] = canonical_system(system)
+        result["code"] = code.strip()
+    return result
+
+
+_STATUS_CODES = {
+    "clinicalStatus": frozenset(
+        {"active", "recurrence", "relapse", "inactive", "remission", "resolved"}
+    ),
+    "verificationStatus": frozenset(
+        {"unconfirmed", "provisional", "differential", "confirmed", "refuted", "entered-in-error"}
+    ),
+}
+"""The codes of Condition's and AllergyIntolerance's status concepts (allergies use a subset)."""
+
+
+def _fold_status(text: str) -> str:
+    return "-".join(text.replace("_", " ").split()).lower()
+
+
+def _statuses_folded(resource: Json) -> Json:
+    """The resource with its status (and gender) codes in lower case ("Cancelled", "Resolved",
+    "Male" are sent by some interfaces) and a clinical or verification status that is only
+    text ("Resolved") or a bare code (STU3's "resolved") coded; the rules compare the codes
+    alone."""
+    result = resource
+    for field in ("status", "gender"):  # a Patient's gender is a code the rules compare too
+        value = resource.get(field)
+        if isinstance(value, str) and value != _fold_status(value):
+            result = {**result, field: _fold_status(value)}
+    if resource["resourceType"] not in ("Condition", "AllergyIntolerance"):
+        return result
+    for element, codes in _STATUS_CODES.items():
+        concept = resource.get(element)
+        if isinstance(concept, str):  # a bare code, as FHIR STU3 wrote these statuses
+            concept = {"text": concept}
+            result = {**result, element: concept}
+        if not isinstance(concept, dict):
+            continue
+        codings = _codings(concept)
+        if codings:
+            folded = [
+                {**c, "code": _fold_status(c["code"])}
+                if isinstance(c.get("code"), str) and c["code"] != _fold_status(c["code"])
+                else c
+                for c in codings
+            ]
+            if folded != codings:
+                result = {**result, element: {**concept, "coding": folded}}
+        elif isinstance(concept.get("text"), str) and _fold_status(concept["text"]) in codes:
+            coding = {"code": _fold_status(concept["text"])}
+            result = {**result, element: {**concept, "coding": [coding]}}
+    return result
 
 
 def _readable(resource: Json, normaliser: Normaliser) -> bool:
@@ -128,6 +231,37 @@ def _readable(resource: Json, normaliser: Normaliser) -> bool:
     return kind == "Condition" and not any(system in _DIAGNOSIS_SYSTEMS for system, _ in codings)
 
 
+_RESULT_ELEMENTS = frozenset(
+    {
+        *(f"value{kind}" for kind in ("Quantity", "CodeableConcept", "String", "Boolean")),
+        *(f"value{kind}" for kind in ("Integer", "Range", "Ratio", "SampledData", "Time")),
+        *(f"value{kind}" for kind in ("DateTime", "Period")),
+        "dataAbsentReason",
+        "interpretation",
+        "referenceRange",
+    }
+)
+"""What an Observation and each of its components have of their own: a component's result
+replaces the panel's."""
+
+
+def _readable_components(panel: Json, normaliser: Normaliser) -> list[Json]:
+    """An unreadable Observation's components that a rule reads, each as an Observation."""
+    components = panel.get("component")
+    if not isinstance(components, list):
+        return []
+    shell = {k: v for k, v in panel.items() if k not in _RESULT_ELEMENTS and k != "component"}
+    parts = []
+    for component in components:
+        if not isinstance(component, dict):
+            continue
+        result = {k: v for k, v in component.items() if k in _RESULT_ELEMENTS}
+        part = {**shell, "code": component.get("code"), **result}
+        if _readable(part, normaliser):
+            parts.append(part)
+    return parts
+
+
 def _codings(concept: Any) -> list[Json]:
     if not isinstance(concept, dict):
         return []
@@ -138,17 +272,38 @@ def _with_drug_concept(use: Json, shared: dict[str, Json], terminology: Terminol
     """The use with one ``medicationCodeableConcept`` that names the drug every way it can."""
     concept = use.get("medicationCodeableConcept")
     if not isinstance(concept, dict):
-        reference = use.get("medicationReference") or {}
-        target = reference.get("reference", "") if isinstance(reference, dict) else ""
-        medication = _contained(use, target[1:]) if target.startswith("#") else shared.get(target)
-        if medication is not None:
-            concept = _medication_concept(medication)
-        else:
-            display = reference.get("display") if isinstance(reference, dict) else None
-            concept = {"text": display} if isinstance(display, str) else {}
+        concept = _referenced_concept(use.get("medicationReference"), use, shared)
     result = {k: v for k, v in use.items() if k != "medicationReference"}
     result["medicationCodeableConcept"] = _named(concept, terminology)
     return result
+
+
+_LOCAL_REFERENCE = re.compile(r"([A-Z][A-Za-z]+/[A-Za-z0-9.\-]+)(?:/_history/[A-Za-z0-9.\-]+)?")
+
+
+def _resolved(reference: Any, holder: Json, shared: dict[str, Json]) -> Json | None:
+    """The Medication (or Substance) a reference points to: contained in ``holder``, or in the
+    record, also when the reference is absolute or versioned (https://ehr/fhir/Medication/1,
+    Medication/1/_history/2)."""
+    target = reference.get("reference") if isinstance(reference, dict) else None
+    if not isinstance(target, str):
+        return None
+    if target.startswith("#"):
+        return _contained(holder, target[1:])
+    local = _LOCAL_REFERENCE.search(target)
+    return shared.get(target) or (shared.get(local.group(1)) if local else None)
+
+
+def _referenced_concept(reference: Any, holder: Json, shared: dict[str, Json]) -> Json:
+    """A concept for a reference: the referenced resource's code and ingredients, and the
+    reference's display (which often names the drug when the code is a local one)."""
+    target = _resolved(reference, holder, shared)
+    concept = _medication_concept(target, shared) if target is not None else {}
+    display = reference.get("display") if isinstance(reference, dict) else None
+    if isinstance(display, str):
+        text = concept.get("text")
+        concept = {**concept, "text": f"{text} / {display}" if text else display}
+    return concept
 
 
 def _contained(resource: Json, local_id: str) -> Json | None:
@@ -158,19 +313,36 @@ def _contained(resource: Json, local_id: str) -> Json | None:
     return None
 
 
-def _medication_concept(medication: Json) -> Json:
-    """A Medication's code and its ingredients' codes, as one concept."""
+def _medication_concept(medication: Json, shared: dict[str, Json]) -> Json:
+    """A Medication's code and its ingredients' codes (inline, or a referenced Medication's or
+    Substance's), as one concept."""
     code: Json = medication["code"] if isinstance(medication.get("code"), dict) else {}
     codings = list(_codings(code))
     texts: list[str] = [code["text"]] if isinstance(code.get("text"), str) else []
     for ingredient in medication.get("ingredient") or []:
-        item = ingredient.get("itemCodeableConcept") if isinstance(ingredient, dict) else None
+        if not isinstance(ingredient, dict):
+            continue
+        item = ingredient.get("itemCodeableConcept")
+        if "itemReference" in ingredient:
+            item = _ingredient_concept(ingredient["itemReference"], medication, shared)
         codings.extend(_codings(item))
         if isinstance(item, dict) and isinstance(item.get("text"), str):
             texts.append(item["text"])
     concept: Json = {"coding": codings}
     if texts:
         concept["text"] = " / ".join(texts)
+    return concept
+
+
+def _ingredient_concept(reference: Any, medication: Json, shared: dict[str, Json]) -> Json:
+    """An ingredient given by reference: its target's own code (not its ingredients again, so a
+    cycle of references ends), and the reference's display."""
+    target = _resolved(reference, medication, shared)
+    code = target.get("code") if target is not None else None
+    concept: Json = dict(code) if isinstance(code, dict) else {}
+    display = reference.get("display") if isinstance(reference, dict) else None
+    if isinstance(display, str):
+        concept["text"] = f"{concept['text']} / {display}" if concept.get("text") else display
     return concept
 
 
@@ -216,14 +388,61 @@ def _is_platelet_count(observation: Json, normaliser: Normaliser) -> bool:
     )
 
 
+_COUNT_TEXT = re.compile(r"\s*(<=|>=|<|>|≤|≥)?\s*(\d+(?:\.\d+)?)\s*(.*?)\s*")
+_COMPARATORS = {"≤": "<=", "≥": ">="}
+
+
+def _quantity_from_text(text: str) -> Json | None:
+    """A count written as text ("<10", "85 K/uL", "85") as a Quantity; None if it is no number."""
+    match = _COUNT_TEXT.fullmatch(text)
+    if match is None:
+        return None
+    comparator, number, unit = match.groups()
+    quantity: Json = {"value": _json_number(Decimal(number))}
+    if comparator:
+        quantity["comparator"] = _COMPARATORS.get(comparator, comparator)
+    if unit:
+        quantity["unit"] = unit
+    return quantity
+
+
+def _with_value_read(observation: Json, normaliser: Normaliser, issues: list[DataIssue]) -> Json:
+    """A platelet count in the canonical unit; another result written as text that is a number
+    with a plain unit ("35%", "<5 mIU/mL", "2") as a Quantity, so the rules read it like one.
+    Text with digits beyond the number ("55-60%", "II-III") stays text."""
+    if _is_platelet_count(observation, normaliser):
+        return _platelets_in_canonical_unit(observation, normaliser.platelet_units, issues)
+    text = observation.get("valueString")
+    if not isinstance(text, str) or not _readable(observation, normaliser):
+        return observation
+    quantity = _quantity_from_text(text)
+    if quantity is None or any(c.isdigit() for c in quantity.get("unit", "")):
+        return observation
+    result = {k: v for k, v in observation.items() if k != "valueString"}
+    result["valueQuantity"] = quantity
+    return result
+
+
 def _platelets_in_canonical_unit(
     observation: Json, units: UnitMap, issues: list[DataIssue]
 ) -> Json:
+    where = f"Observation/{observation.get('id', '?')}"
+    text = observation.get("valueString")
+    if isinstance(text, str):
+        parsed = _quantity_from_text(text)
+        if parsed is None:
+            issues.append(DataIssue(where, f"platelet count not used: {text!r} is not a number"))
+            return observation
+        observation = {k: v for k, v in observation.items() if k != "valueString"}
+        observation["valueQuantity"] = parsed
+    number = observation.get("valueInteger")
+    if isinstance(number, int):  # a count without a unit: reported like a unit-less quantity
+        observation = {k: v for k, v in observation.items() if k != "valueInteger"}
+        observation["valueQuantity"] = {"value": number}
     quantity = observation.get("valueQuantity")
     if not isinstance(quantity, dict):
         return observation
     value = quantity.get("value")
-    where = f"Observation/{observation.get('id', '?')}"
     converted = normalise_quantity(
         units,
         value if isinstance(value, int | float) else None,

@@ -30,9 +30,11 @@ __all__ = [
     "ICD10",
     "ICD10CM",
     "ICD10PCS",
+    "SNOMED",
     "Coding",
     "Terminology",
     "build_terminology",
+    "canonical_system",
     "load_terminology",
 ]
 
@@ -41,6 +43,34 @@ ICD10 = "http://hl7.org/fhir/sid/icd-10"
 ICD10PCS = "http://www.cms.gov/Medicare/Coding/ICD10"
 ATC = "http://www.whocc.no/atc"
 DRUG_NAME = "https://fhir-match.org/fhir/CodeSystem/drug-name"
+SNOMED = "http://snomed.info/sct"
+LOINC = "http://loinc.org"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+CPT = "http://www.ama-assn.org/go/cpt"
+UCUM_SYSTEM = "http://unitsofmeasure.org"
+
+_OIDS = {
+    "2.16.840.1.113883.6.96": SNOMED,
+    "2.16.840.1.113883.6.1": LOINC,
+    "2.16.840.1.113883.6.88": RXNORM,
+    "2.16.840.1.113883.6.90": ICD10CM,
+    "2.16.840.1.113883.6.3": ICD10,
+    "2.16.840.1.113883.6.4": ICD10PCS,
+    "2.16.840.1.113883.6.12": CPT,
+    "2.16.840.1.113883.6.73": ATC,
+    "2.16.840.1.113883.6.8": UCUM_SYSTEM,
+}
+"""The OIDs HL7 Terminology (THO) registers for the systems the mappings use: C-CDA-derived
+FHIR often names a code system as ``urn:oid:<oid>``."""
+_SPELLINGS = {
+    **{uri.removeprefix("http://").lower(): uri for uri in _OIDS.values()},
+    # THO's stub URIs for the ICD editions (its NamingSystems list them as other identifiers)
+    "terminology.hl7.org/codesystem/icd10": ICD10,
+    "terminology.hl7.org/codesystem/icd10cm": ICD10CM,
+    "terminology.hl7.org/codesystem/icd10pcs": ICD10PCS,
+}
+_SNOMED_EDITION = re.compile(r"snomed\.info/sct/\d+(/version/\d+)?")
+"""An edition (module) URI written into the system, e.g. http://snomed.info/sct/731000124108."""
 
 HIERARCHICAL_SYSTEMS = frozenset({ICD10CM, ICD10, ICD10PCS, ATC})
 """Systems whose codes nest by prefix, so `is-a X` means "X or any code starting with X"."""
@@ -54,6 +84,20 @@ _Rule = tuple[str, bool]
 _ASCII_WORD_EDGE = "[a-z0-9]"
 _NEVER = re.compile("(?!)")
 _CACHE_SIZE = 1 << 16
+
+
+@lru_cache(maxsize=1024)
+def canonical_system(system: str) -> str:
+    """The system URI the mappings use for a spelling of it that real records send: an OID
+    (``urn:oid:2.16.840.1.113883.6.90``), https, a trailing slash, another case, a SNOMED
+    edition URI. Any other system is returned as it is."""
+    folded = system.strip().lower()
+    if folded.startswith("urn:oid:"):
+        return _OIDS.get(folded.removeprefix("urn:oid:"), system)
+    folded = folded.removeprefix("https://").removeprefix("http://").rstrip("/")
+    if _SNOMED_EDITION.fullmatch(folded):
+        return SNOMED
+    return _SPELLINGS.get(folded, system)
 
 
 def _normalise(system: str, code: str) -> str:

@@ -36,6 +36,8 @@ UCUM = "http://unitsofmeasure.org"
 _SUPERSCRIPTS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹", "0123456789")
 _SUPERSCRIPT_RUN = re.compile("[⁰¹²³⁴⁵⁶⁷⁸⁹]+")
 _SPACES = re.compile(r"\s+")
+_PARENTHESISED_EXPONENT = re.compile(r"10\((\d+)\)")
+_LEADING_TIMES = re.compile(r"^\*(?=10)")
 
 
 @dataclass(frozen=True)
@@ -64,11 +66,14 @@ class UnitProblem:
 
 
 def _fold(spelling: str) -> str:
-    """A unit spelling reduced to compare loosely: no spaces, the micro sign and Greek mu as u,
-    the multiplication sign as x, superscript digits as ^digits (10⁹ -> 10^9), case-folded."""
+    """A unit spelling reduced to compare loosely: no spaces, the micro sign, Greek mu and the
+    "mc" of mcL as u, the multiplication sign and a leading * as x, superscript and parenthesised
+    exponents as ^digits (10⁹, 10(9) -> 10^9), case-folded."""
     text = _SPACES.sub("", spelling)
     text = _SUPERSCRIPT_RUN.sub(lambda run: "^" + run.group().translate(_SUPERSCRIPTS), text)
-    return text.replace("\u00b5", "u").replace("\u03bc", "u").replace("\u00d7", "x").casefold()
+    text = _PARENTHESISED_EXPONENT.sub(r"10^\1", text)
+    text = text.replace("\u00b5", "u").replace("\u03bc", "u").replace("\u00d7", "x").casefold()
+    return _LEADING_TIMES.sub("x", text).replace("mcl", "ul")
 
 
 def normalise_quantity(

@@ -53,12 +53,39 @@ def test_public_names() -> None:
             "ICD10",
             "ICD10CM",
             "ICD10PCS",
+            "SNOMED",
             "Coding",
             "Terminology",
             "build_terminology",
+            "canonical_system",
             "load_terminology",
         ]
     )
+
+
+@pytest.mark.parametrize(
+    ("written", "canonical"),
+    [
+        ("urn:oid:2.16.840.1.113883.6.90", "http://hl7.org/fhir/sid/icd-10-cm"),
+        ("urn:oid:2.16.840.1.113883.6.3", "http://hl7.org/fhir/sid/icd-10"),
+        ("urn:oid:2.16.840.1.113883.6.96", SNOMED),
+        ("urn:oid:2.16.840.1.113883.6.1", LOINC),
+        ("urn:oid:2.16.840.1.113883.6.88", "http://www.nlm.nih.gov/research/umls/rxnorm"),
+        ("urn:oid:2.16.840.1.113883.6.12", CPT),
+        ("urn:oid:2.16.840.1.113883.6.4", "http://www.cms.gov/Medicare/Coding/ICD10"),
+        ("urn:oid:2.16.840.1.113883.6.73", "http://www.whocc.no/atc"),
+        ("https://loinc.org/", LOINC),
+        ("HTTP://SNOMED.INFO/SCT", SNOMED),
+        ("http://snomed.info/sct/731000124108", SNOMED),
+        ("http://terminology.hl7.org/CodeSystem/icd10CM", "http://hl7.org/fhir/sid/icd-10-cm"),
+        # left as written: not one of the mappings' systems, or not an alias of one
+        ("urn:oid:2.16.840.1.113883.6.999", "urn:oid:2.16.840.1.113883.6.999"),
+        ("http://snomed.info/sct-local", "http://snomed.info/sct-local"),
+        ("http://hospital.example/codes", "http://hospital.example/codes"),
+    ],
+)
+def test_canonical_system(written: str, canonical: str) -> None:
+    assert terminology.canonical_system(written) == canonical
 
 
 # ------------------------------------------------------------------------ the files themselves

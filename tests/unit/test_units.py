@@ -75,6 +75,11 @@ def test_every_spelling_converts_like_its_ucum_code(
         (45, " 10^9 / L ", 45),
         (45, "10*3/UL", 45),
         (Decimal("7.5"), "thousand/uL", Decimal("7.5")),
+        (45, "x10^3/mcL", 45),  # "mc" for micro, as US labs write it
+        (45000, "cells/mcL", 45),
+        (45, "x10(9)/L", 45),  # exponent in parentheses
+        (45, "10(3)/uL", 45),
+        (45, "*10^9/L", 45),  # an asterisk for the multiplication sign
     ],
 )
 def test_converts(
