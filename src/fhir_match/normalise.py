@@ -28,7 +28,9 @@ Resources that are changed are copied; the input is not modified.
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -91,6 +93,8 @@ class Normalised:
     """A collection Bundle of the patient's normalised resources, for the engine."""
     hierarchical_codings: frozenset[Coding]
     issues: tuple[DataIssue, ...]
+    aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """References made here that stand for a resource of the record: evidence names that one."""
 
 
 def normalise(record: PatientRecord, normaliser: Normaliser) -> Normalised:
@@ -102,6 +106,7 @@ def normalise(record: PatientRecord, normaliser: Normaliser) -> Normalised:
     }
     issues: list[DataIssue] = []
     resources: list[Json] = []
+    aliases: dict[str, str] = {}
     for original in originals:
         resource = _statuses_folded(original)
         kind = resource["resourceType"]
@@ -110,10 +115,11 @@ def normalise(record: PatientRecord, normaliser: Normaliser) -> Normalised:
         elif kind == "AllergyIntolerance":
             resource = _allergy_named(resource, normaliser.terminology)
         elif kind == "Observation" and not _readable(resource, normaliser):
-            resources.extend(
+            parts = [
                 _with_value_read(part, normaliser, issues)
                 for part in _readable_components(resource, normaliser)
-            )
+            ]
+            resources.extend(_told_apart(parts, aliases))
             continue
         elif kind == "Observation":
             resource = _with_value_read(resource, normaliser, issues)
@@ -125,7 +131,7 @@ def normalise(record: PatientRecord, normaliser: Normaliser) -> Normalised:
         "type": "collection",
         "entry": [{"resource": r} for r in resources],
     }
-    return Normalised(record.patient, bundle, codings, tuple(issues))
+    return Normalised(record.patient, bundle, codings, tuple(issues), aliases)
 
 
 _SYSTEM = re.compile(rb'"system":"([^"\\]*)"')
@@ -260,6 +266,21 @@ def _readable_components(panel: Json, normaliser: Normaliser) -> list[Json]:
         if _readable(part, normaliser):
             parts.append(part)
     return parts
+
+
+def _told_apart(parts: list[Json], aliases: dict[str, str]) -> list[Json]:
+    """The components of one panel, under ids of their own when there are several: the engine
+    takes two resources with one type and id for the same resource, and would drop all but
+    one of them. Each new id is recorded as an alias of the panel, which evidence names."""
+    if len(parts) < 2 or not isinstance(parts[0].get("id"), str):
+        return parts
+    panel = parts[0]["id"]
+    named = []
+    for number, part in enumerate(parts, 1):
+        part_id = f"{panel}.component-{number}"
+        aliases[f"Observation/{part_id}"] = f"Observation/{panel}"
+        named.append({**part, "id": part_id})
+    return named
 
 
 def _codings(concept: Any) -> list[Json]:

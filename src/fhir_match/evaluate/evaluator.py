@@ -58,12 +58,15 @@ def evaluate_batch(
     answers = engine.evaluate([n.bundle for n in normalised], ids)
     evaluations: list[PatientEvaluation] = []
     failures: list[DataIssue] = []
-    for record, answer in zip(records, answers, strict=True):
+    for record, normalised_record, answer in zip(records, normalised, answers, strict=True):
         if isinstance(answer, PatientFailure):
             failures.append(DataIssue(record.patient, f"not evaluated: {answer.message}"))
             continue
         try:
-            criteria = tuple(_criterion(study, cid, answer.values.get(cid)) for cid in ids)
+            criteria = tuple(
+                _criterion(study, cid, answer.values.get(cid), normalised_record.aliases)
+                for cid in ids
+            )
         except ValueError as exc:
             failures.append(DataIssue(record.patient, f"not evaluated: {exc}"))
             continue
@@ -80,8 +83,11 @@ def evaluate_batch(
     return BatchResult(tuple(evaluations), tuple(failures), issues)
 
 
-def _criterion(study: Study, criterion_id: str, value: JsonValue) -> CriterionResult:
-    """The engine's Tuple for one criterion, checked against the shape every study returns."""
+def _criterion(
+    study: Study, criterion_id: str, value: JsonValue, aliases: Mapping[str, str]
+) -> CriterionResult:
+    """The engine's Tuple for one criterion, checked against the shape every study returns;
+    evidence made in normalising is named by the record's resource it stands for."""
     if not isinstance(value, Mapping):
         raise ValueError(f"{criterion_id} returned no result")
     result: Any = value.get("result")
@@ -94,5 +100,7 @@ def _criterion(study: Study, criterion_id: str, value: JsonValue) -> CriterionRe
         kind=study.criterion(criterion_id).kind,
         result=result,
         summary=summary if isinstance(summary, str) else "",
-        evidence=tuple(dict.fromkeys(str(e) for e in evidence if e is not None)),
+        evidence=tuple(
+            dict.fromkeys(aliases.get(str(e), str(e)) for e in evidence if e is not None)
+        ),
     )
