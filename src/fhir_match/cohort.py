@@ -18,7 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 from fhir_match.evaluate.study import Study
 from fhir_match.fhir import SEARCHES_IN_FLIGHT, FhirClient, Search
 from fhir_match.tagging import tag_token
-from fhir_match.terminology import DRUG_NAME, HIERARCHICAL_SYSTEMS, Coding, Terminology
+from fhir_match.terminology import (
+    DRUG_NAME,
+    HIERARCHICAL_SYSTEMS,
+    Coding,
+    Terminology,
+    system_spellings,
+)
 
 __all__ = ["COHORT_PAGE_SIZE", "MEDICATION_USES", "cohort_searches", "find_cohort"]
 
@@ -27,12 +33,15 @@ MEDICATION_USES = ("MedicationRequest", "MedicationStatement", "MedicationAdmini
 
 
 def _tokens(codings: Iterable[Coding]) -> list[str]:
-    """``system|code`` tokens; hierarchical codes also without their dot, as EHRs write both."""
+    """``system|code`` tokens, with the system also by its OID (C-CDA-derived FHIR names
+    systems so); hierarchical codes also without their dot, as EHRs write both."""
     tokens: dict[str, None] = {}
     for system, code in codings:
-        tokens[f"{system}|{code}"] = None
+        codes = [code]
         if system in HIERARCHICAL_SYSTEMS and "." in code:
-            tokens[f"{system}|{code.replace('.', '')}"] = None
+            codes.append(code.replace(".", ""))
+        for spelling in system_spellings(system):
+            tokens.update((f"{spelling}|{written}", None) for written in codes)
     return list(tokens)
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "build_terminology",
     "canonical_system",
     "load_terminology",
+    "system_spellings",
 ]
 
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
@@ -98,6 +99,12 @@ def canonical_system(system: str) -> str:
     if _SNOMED_EDITION.fullmatch(folded):
         return SNOMED
     return _SPELLINGS.get(folded, system)
+
+
+def system_spellings(system: str) -> tuple[str, ...]:
+    """``system`` and its OID form (``urn:oid:...``): what a server's token search must be
+    given to find both, as it matches systems exactly and records send either."""
+    return (system, *(f"urn:oid:{oid}" for oid, uri in _OIDS.items() if uri == system))
 
 
 def _normalise(system: str, code: str) -> str:

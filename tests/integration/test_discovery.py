@@ -35,6 +35,7 @@ from worker.process import WorkerProcess
 from worker.tasks import SINCE_MARGIN, run_scope, screen_patients
 
 from ..conftest import ROOT
+from .conftest import RunTag
 from .populations import AS_OF, RUN_TIMEOUT_S, STUDY, Population, loaded_population, run_discovery
 
 
@@ -165,6 +166,23 @@ def test_the_runs_funnel_on_its_group_equals_screens_on_the_same_patients(
     assert outside.found == len(population.expected) - len(cohort)
     assert {c for c, n in outside.removed if n} <= {"inc-1", "inc-2"}
     assert (outside.candidates, outside.potential_candidates) == (0, 0)
+
+
+def test_the_cohort_holds_a_diagnosis_coded_by_its_systems_oid(
+    fhir: FhirClient, run_tag: RunTag
+) -> None:
+    # C-CDA-derived FHIR names ICD-10-CM by its OID, and a server matches systems exactly.
+    patient = fhir.create(parse_resource(run_tag.mark({"resourceType": "Patient"})))
+    condition: dict[str, object] = {
+        "resourceType": "Condition",
+        "subject": {"reference": f"Patient/{patient.id}"},
+        "code": {"coding": [{"system": "urn:oid:2.16.840.1.113883.6.90", "code": "D69.3"}]},
+    }
+    fhir.create(parse_resource(run_tag.mark(condition)))
+
+    cohort = find_patients(fhir, study_setup(STUDY), run_tag.code)
+
+    assert cohort == [f"Patient/{patient.id}"]
 
 
 def test_a_second_run_writes_nothing_new(

@@ -59,8 +59,17 @@ def test_public_names() -> None:
             "build_terminology",
             "canonical_system",
             "load_terminology",
+            "system_spellings",
         ]
     )
+
+
+@pytest.mark.parametrize("system", [terminology.ICD10CM, terminology.SNOMED, terminology.ATC])
+def test_a_systems_spellings_for_searches_are_read_back_as_it(system: str) -> None:
+    spellings = terminology.system_spellings(system)
+    assert spellings[0] == system
+    assert any(s.startswith("urn:oid:2.16.840.1.113883.6.") for s in spellings)
+    assert {terminology.canonical_system(s) for s in spellings} == {system}
 
 
 @pytest.mark.parametrize(

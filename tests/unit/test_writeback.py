@@ -173,6 +173,8 @@ def test_discovery_searches_come_from_the_study_configuration() -> None:
     condition_codes = dict(searches[0].params)["code"]
     assert "http://hl7.org/fhir/sid/icd-10|D69.3" in condition_codes
     assert "http://hl7.org/fhir/sid/icd-10|D693" in condition_codes  # undotted, as EHRs write
+    assert "urn:oid:2.16.840.1.113883.6.90|D69.3" in condition_codes  # ICD-10-CM by its OID
+    assert "urn:oid:2.16.840.1.113883.6.90|D693" in condition_codes
     assert all(dict(s.params)["_elements"] == "subject" for s in searches)
     types = [s.resource_type for s in record_searches({"Condition", "ResearchSubject"})]
     assert types == ["Patient", "Condition", "ResearchSubject"]
