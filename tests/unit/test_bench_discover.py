@@ -57,6 +57,7 @@ def test_ratios_on_loopback_only() -> None:
     rows = {what: (ratio, verdict) for what, ratio, verdict in ratios(_result())}
     assert rows[f"(a) naive / {SEARCH}"] == (9.0 / 4.0, "goal >= 5: NOT MET")
     assert rows["(a) naive / ours (in-process), after the cohort search"][0] == 8.0 / 4.0
+    assert rows["(a) at most: naive / lower bound"] == (9.0 / 4.0, "")
     assert rows[f"(b) {SEARCH} / lower bound"] == (1.0, "goal <= 1.3: MET")
     assert rows["(c) bulk / search, time (worker, repeat runs)"][0] == 2.0
     assert rows["(c) bulk / search, requests"][0] == 0.2
@@ -73,4 +74,5 @@ def test_ratios_with_latency_add_the_same_comparisons_through_the_proxy() -> Non
         8.0 / 5.0,
         "goal <= 1.3: NOT MET",
     )
-    assert len(rows) == len(ratios(_result())) + 5
+    assert rows["(a) at most: naive / lower bound, 20 ms round trip"][0] == 43.0 / 5.0
+    assert len(rows) == len(ratios(_result())) + 6
