@@ -276,7 +276,7 @@ class Worker:
 
 def worker_run(store: redis.Redis, worker: Worker, fetch: str, tag: str) -> dict[str, Any]:
     """One discovery run through the worker, timed from sending the task to the run's end."""
-    from worker.runs import load_run
+    from worker.runs import FINAL, State, load_run
     from worker.tasks import discover
 
     kwargs = {"study_id": STUDY, "as_of": AS_OF, "mode": "full", "tag": tag, "fetch": fetch}
@@ -284,21 +284,18 @@ def worker_run(store: redis.Redis, worker: Worker, fetch: str, tag: str) -> dict
     while True:
         started = time.perf_counter()
         run_id = discover.apply_async(kwargs=kwargs, queue=worker.queue).id
-        while (run := load_run(store, run_id)) is None or run.get("state") not in (
-            "done",
-            "failed",
-            "skipped",
-        ):
+        while (record := load_run(store, run_id)) is None or record.state not in FINAL:
             if time.monotonic() > deadline:
                 raise SystemExit(f"run {run_id} did not finish within {RUN_TIMEOUT_S}s")
             time.sleep(POLL_S)
         seconds = time.perf_counter() - started
-        if run["state"] != "skipped":
+        if record.state is not State.SKIPPED:
             break
-        print(f"  {run['reason']}; sending again in {LOCK_WAIT_S}s", flush=True)
+        print(f"  {record.reason}; sending again in {LOCK_WAIT_S}s", flush=True)
         time.sleep(LOCK_WAIT_S)
-    if run["state"] == "failed":
-        raise SystemExit(f"run {run_id} failed: {run.get('error')}")
+    if record.state is State.FAILED:
+        raise SystemExit(f"run {run_id} failed: {record.reason}")
+    run = record.as_json()
     batches = run["batches"]
     # A bulk run's own count covers its batches too; a search run's is theirs summed.
     fetched = run["bulk_requests"] if fetch == "bulk" else batches.get("requests", 0)

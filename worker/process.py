@@ -7,6 +7,7 @@ worker (the stack's, say) can take tasks from, ready before the first task is se
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+from celery import Celery
 
 from worker.app import app
 
@@ -43,6 +46,12 @@ class WorkerProcess:
         self.process.terminate()
         self.process.wait(timeout=timeout_s)
 
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool processes at once, as an OOM kill or a lost
+        node does: nothing is acknowledged, handed back or cleaned up."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
 
 def start_worker(
     prefix: str,
@@ -50,13 +59,16 @@ def start_worker(
     env: Mapping[str, str] | None = None,
     stderr: IO[bytes] | None = None,
     ready_timeout_s: float = 60,
+    queue: str = "",
 ) -> WorkerProcess:
-    """Start a worker on a fresh queue ``<prefix>-<random>`` and return once it answers.
+    """Start a worker on a fresh queue ``<prefix>-<random>`` (or on ``queue``: a worker
+    started again after one was killed) and return once it answers.
 
     ``env`` adds to this process's environment (a FHIR server's address, say); ``stderr``
-    takes its banner and log (inherited when None).
+    takes its banner and log (inherited when None). The worker leads a process group of
+    its own, so that :meth:`WorkerProcess.kill` takes its pool processes with it.
     """
-    queue = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    queue = queue or f"{prefix}-{uuid.uuid4().hex[:8]}"
     node = f"{queue}@localhost"
     process = subprocess.Popen(  # noqa: S603 -- this interpreter running Celery, fixed arguments
         [
@@ -81,9 +93,14 @@ def start_worker(
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL if stderr is not None else None,
         stderr=stderr,
+        start_new_session=True,
     )
     deadline = time.monotonic() + ready_timeout_s
-    while not app.control.ping(destination=[node], timeout=1.0):
+    broker = (env or {}).get("REDIS_URL")
+    # A worker on another Redis (a test's own) is asked through an app of that broker:
+    # the shared app would publish the ping on its own broker.
+    control = Celery(broker=broker).control if broker else app.control
+    while not control.ping(destination=[node], timeout=1.0):
         if process.poll() is not None:
             raise WorkerNotReady(f"the worker exited with code {process.returncode}")
         if time.monotonic() > deadline:

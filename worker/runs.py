@@ -1,38 +1,71 @@
-"""Run records and the per-study lock, in Redis: what a run is doing, readable while it runs.
+"""Run records and the per-study lock: what a run is doing, readable while it runs, and
+kept after Redis is gone.
 
-A run record holds settings, counts, timings and error texts, never patient data. Each
-batch stores its own report under its number, so a batch that runs twice counts once.
+A run is one typed value (:class:`Run`) with one owner, this module: tasks, the watchdog
+and the command line read it and change it only through the functions here. It holds
+settings, counts, timings and PHI-free error texts, never patient data. Each batch stores
+its own report under its number, so a batch that runs twice counts once. Every change is
+also written to a journal file per run (``var/history/<run>.json``), so that losing Redis
+loses no history and a run it lost is still found (and failed) by the watchdog.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
 from typing import Any, cast
 
 import redis
 
+from fhir_match.config import PROJECT_DIR
 from fhir_match.evaluate.study import Study
 from fhir_match.funnel import Funnel
 
 __all__ = [
+    "FINAL",
+    "HISTORY_DIR",
     "LOCK_TTL_S",
+    "RUN_ID",
+    "BatchTotals",
+    "LastRun",
+    "Run",
+    "State",
     "acquire_lock",
+    "batch_plan",
     "batch_totals",
+    "fail_lost",
+    "journal_run",
+    "journal_runs",
     "last_run",
+    "list_runs",
     "load_run",
     "lock_holder",
+    "new_run",
+    "now",
     "record_batch",
+    "recorded_batches",
     "release_lock",
     "remember_last_run",
     "run_funnel",
-    "save_run",
+    "run_scope",
+    "save_plan",
+    "update_run",
 ]
 
 PREFIX = "fhir-match"
 LOCK_TTL_S = 6 * 3600
-"""A run that never finishes (its worker killed) frees its study after this long."""
+"""A run that never finishes and that the watchdog cannot see frees its study after this."""
 RUN_TTL_S = 90 * 24 * 3600
+HISTORY_DIR = PROJECT_DIR / "var" / "history"
+"""One JSON file per run: the durable copy of its record (workers must share it)."""
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+"""What a run id looks like (Celery task ids are uuids): it names the run's journal file."""
 _BY_NAME = ("outcomes", "removed")
 """Batch report fields that count by name (outcome, criterion): summed name by name."""
 
@@ -42,12 +75,305 @@ return 0
 """
 
 
+class State(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    """Every batch evaluated, nothing failed: this run's list is the list."""
+    PARTIAL = "partial"
+    """Finished, but some batches or patients failed: what it evaluated is written."""
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    """Another run of the study held the lock."""
+    CANCELLED = "cancelled"
+
+
+FINAL = frozenset({State.DONE, State.PARTIAL, State.FAILED, State.SKIPPED, State.CANCELLED})
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class BatchTotals:
+    """The batches' reports summed: every batch counts other patients, so counts add."""
+
+    batches_done: int = 0
+    patients: int = 0
+    requests: int = 0
+    unchanged: int = 0
+    evaluated: int = 0
+    created: int = 0
+    updated: int = 0
+    unused: int = 0
+    failed_batches: int = 0
+    seconds: float = 0.0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    removed: dict[str, int] = field(default_factory=dict)
+    failures: tuple[str, ...] = ()
+    last_at: str = ""
+    """When the latest batch was recorded: the run's progress."""
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "failures": list(self.failures)}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One discovery run: what it was asked to do, where it is, and what it did."""
+
+    id: str
+    study: str
+    state: State
+    queued: str
+    tag: str = ""
+    mode: str = "auto"
+    fetch: str = "search"
+    queue: str = ""
+    """The Celery queue its tasks go to: where the watchdog sends lost batches again."""
+    base_url: str = ""
+    as_of: str = ""
+    full: bool = False
+    since: str | None = None
+    started: str = ""
+    full_started: str | None = None
+    finished: str = ""
+    study_ref: str = ""
+    cohort: int = 0
+    cohort_requests: int = 0
+    batches_total: int = 0
+    bulk_requests: int = 0
+    finish_requests: int = 0
+    resent: int = 0
+    """How many times the watchdog sent lost batches again."""
+    touched: str = ""
+    """The last time the run itself changed (started, batches re-sent): with the batches'
+    last report, the run's progress."""
+    reason: str = ""
+    """Why the run was skipped, failed or cancelled (PHI-free)."""
+    result: dict[str, Any] = field(default_factory=dict)
+    """What the finish step did (listed, outcomes, left the cohort, the Group)."""
+    funnel: dict[str, Any] = field(default_factory=dict)
+    batches: BatchTotals = field(default_factory=BatchTotals)
+
+    @property
+    def scope(self) -> str:
+        return run_scope(self.study, self.tag)
+
+    @property
+    def progress_at(self) -> str:
+        return max(self.queued, self.started, self.touched, self.batches.last_at)
+
+    @property
+    def failures(self) -> tuple[str, ...]:
+        return self.batches.failures + tuple(self.result.get("failures") or ())
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "batches": self.batches.as_json()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Run:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        totals = values.pop("batches", None) or {}
+        batch_fields = {f.name for f in fields(BatchTotals)}
+        known_totals: dict[str, Any] = {k: v for k, v in totals.items() if k in batch_fields}
+        known_totals["failures"] = tuple(known_totals.get("failures") or ())
+        batches = BatchTotals(**known_totals)
+        return cls(**{**values, "state": State(values["state"]), "batches": batches})
+
+
+def run_scope(study_id: str, tag: str) -> str:
+    """What a run locks, and whose last run an incremental run continues: the study, or
+    the study's tagged population (test data; tagged runs touch nothing else)."""
+    return f"{study_id}:{tag}" if tag else study_id
+
+
+def _key(run_id: str) -> str:
+    return f"{PREFIX}:run:{run_id}"
+
+
 def _lock(scope: str) -> str:
     return f"{PREFIX}:lock:{scope}"
 
 
-def _run(run_id: str) -> str:
-    return f"{PREFIX}:run:{run_id}"
+_INDEX = f"{PREFIX}:runs"
+"""Every run's id, scored by when it was queued: the run list, newest first."""
+
+
+def _stored(run: Run) -> str:
+    """The run as Redis keeps it: without its batches' totals, which are summed from the
+    batches' own reports whenever the run is read."""
+    return json.dumps({k: v for k, v in run.as_json().items() if k != "batches"})
+
+
+def new_run(client: redis.Redis, run: Run) -> Run:
+    """Record a new run (queued)."""
+    client.set(_key(run.id), _stored(run), ex=RUN_TTL_S)
+    client.zadd(_INDEX, {run.id: datetime.fromisoformat(run.queued).timestamp()})
+    _journal(run)
+    return run
+
+
+def load_run(client: redis.Redis, run_id: str) -> Run | None:
+    """The run with its batches' reports summed, or None if Redis has no such run."""
+    raw = client.get(_key(run_id))
+    if not isinstance(raw, bytes):
+        return None
+    return _with_batches(client, Run.from_json(json.loads(raw)))
+
+
+def _with_batches(client: redis.Redis | redis.client.Pipeline, run: Run) -> Run:
+    reports = cast(dict[bytes, bytes], client.hgetall(f"{_key(run.id)}:batches"))
+    return replace(run, batches=batch_totals(json.loads(v) for v in reports.values()))
+
+
+def update_run(client: redis.Redis, run_id: str, change: Callable[[Run], Run | None]) -> Run | None:
+    """Change a run atomically: ``change`` sees the run as stored (its batches summed) and
+    returns the new one, or None to leave it (a transition that no longer applies).
+    Returns what was stored, or None when nothing was (no such run, or ``change``
+    declined). A batch reported meanwhile makes it look again."""
+    key = _key(run_id)
+    with client.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(key, f"{key}:batches")  # type: ignore[no-untyped-call]
+                raw = pipe.get(key)
+                if not isinstance(raw, bytes):
+                    pipe.unwatch()
+                    return None
+                changed = change(_with_batches(pipe, Run.from_json(json.loads(raw))))
+                if changed is None:
+                    pipe.unwatch()
+                    return None
+                pipe.multi()
+                pipe.set(key, _stored(changed), ex=RUN_TTL_S)
+                pipe.execute()
+                break
+            except redis.WatchError:
+                continue  # changed meanwhile: look again
+    _journal(changed)
+    return changed
+
+
+def record_batch(client: redis.Redis, run_id: str, batch: int, report: dict[str, Any]) -> None:
+    key = f"{_key(run_id)}:batches"
+    client.hset(key, str(batch), json.dumps({**report, "at": now()}))
+    client.expire(key, RUN_TTL_S)
+    if (run := load_run(client, run_id)) is not None:
+        _journal(run)
+
+
+def save_plan(client: redis.Redis, run_id: str, batches: Sequence[Sequence[str]]) -> None:
+    """The patients of each batch (ids only), so that lost batches can be sent again."""
+    key = f"{_key(run_id)}:plan"
+    client.delete(key)
+    if batches:
+        client.hset(key, mapping={str(n): json.dumps(list(b)) for n, b in enumerate(batches)})
+        client.expire(key, RUN_TTL_S)
+
+
+def batch_plan(client: redis.Redis, run_id: str) -> dict[int, list[str]]:
+    plan = cast(dict[bytes, bytes], client.hgetall(f"{_key(run_id)}:plan"))
+    return {int(n): json.loads(p) for n, p in plan.items()}
+
+
+def recorded_batches(client: redis.Redis, run_id: str) -> set[int]:
+    return {int(n) for n in cast(list[bytes], client.hkeys(f"{_key(run_id)}:batches"))}
+
+
+def batch_totals(reports: Iterable[dict[str, Any]]) -> BatchTotals:
+    """The batches' reports summed."""
+    numbers: dict[str, float] = {}
+    named: dict[str, dict[str, int]] = {n: {} for n in _BY_NAME}
+    failures: list[str] = []
+    done = 0
+    last = ""
+    for report in reports:
+        done += 1
+        last = max(last, str(report.get("at") or ""))
+        for name, value in report.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                numbers[name] = round(numbers.get(name, 0) + value, 3)
+        for name in _BY_NAME:
+            for key, count in (report.get(name) or {}).items():
+                named[name][key] = named[name].get(key, 0) + count
+        failures += report.get("failures") or []
+    known = {f.name for f in fields(BatchTotals)} - {"seconds"}
+    counts = {k: int(v) for k, v in numbers.items() if k in known}
+    return BatchTotals(
+        batches_done=done,
+        seconds=numbers.get("seconds", 0.0),
+        outcomes=named["outcomes"],
+        removed=named["removed"],
+        failures=tuple(failures),
+        last_at=last,
+        **{k: v for k, v in counts.items() if k != "batches_done"},
+    )
+
+
+def run_funnel(run: Run, study: Study) -> Funnel:
+    """A run's funnel from its record (batches summed). Its patients are the cohort; in an
+    incremental run only those whose record changed (the others were not re-evaluated).
+    Those the run did not evaluate (no longer on the server, a failed batch, an engine
+    failure) are counted as not evaluated."""
+    batches = run.batches
+    found = run.cohort - (0 if run.full else batches.unchanged)
+    return Funnel.of(
+        study,
+        batches.removed,
+        batches.outcomes,
+        not_evaluated=found - batches.evaluated,
+        scope="full" if run.full else "incremental",
+    )
+
+
+def list_runs(client: redis.Redis, limit: int = 20) -> list[Run]:
+    """The newest runs, from Redis and from the journal (which keeps what Redis lost)."""
+    ids = [i.decode() for i in cast(list[bytes], client.zrevrange(_INDEX, 0, limit - 1))]
+    found = {run.id: run for run in (load_run(client, i) for i in ids) if run is not None}
+    for run in journal_runs():
+        found.setdefault(run.id, run)
+    return sorted(found.values(), key=lambda r: r.queued, reverse=True)[:limit]
+
+
+def _journal(run: Run) -> None:
+    """Write the run's durable copy (atomically: a reader never sees half a file)."""
+    HISTORY_DIR.mkdir(parents=True, exist_ok=True)
+    path = HISTORY_DIR / f"{run.id}.json"
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_text(json.dumps(run.as_json(), indent=1), encoding="utf-8")
+    partial.replace(path)
+
+
+def journal_runs(folder: Path | None = None) -> Iterator[Run]:
+    """Every run in the journal; a file that cannot be read is passed over (it is ours,
+    written atomically, so only a disk fault makes one)."""
+    for path in sorted((folder or HISTORY_DIR).glob("*.json")):
+        try:
+            yield Run.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+
+
+def fail_lost(run: Run, reason: str) -> Run:
+    """End, in the journal, a run that Redis no longer holds."""
+    failed = replace(run, state=State.FAILED, reason=reason, finished=now())
+    _journal(failed)
+    return failed
+
+
+def journal_run(run_id: str) -> Run | None:
+    """A run from the journal; None for no such run, or for an id that is not a run id
+    (a path in disguise)."""
+    if not RUN_ID.fullmatch(run_id):
+        return None
+    path = HISTORY_DIR / f"{run_id}.json"
+    try:
+        return Run.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
 
 
 def acquire_lock(client: redis.Redis, scope: str, run_id: str) -> bool:
@@ -68,66 +394,27 @@ def release_lock(client: redis.Redis, scope: str, run_id: str) -> None:
     client.eval(_RELEASE, 1, _lock(scope), run_id)
 
 
-def save_run(client: redis.Redis, run_id: str, **fields: Any) -> None:
-    """Set fields of the run record (JSON values)."""
-    key = _run(run_id)
-    client.hset(key, mapping={name: json.dumps(value) for name, value in fields.items()})
-    client.expire(key, RUN_TTL_S)
+@dataclass(frozen=True)
+class LastRun:
+    """Where the next incremental run of a scope starts: its last complete run."""
+
+    run: str
+    started: str
+    full_started: str | None
 
 
-def record_batch(client: redis.Redis, run_id: str, batch: int, report: dict[str, Any]) -> None:
-    key = f"{_run(run_id)}:batches"
-    client.hset(key, str(batch), json.dumps(report))
-    client.expire(key, RUN_TTL_S)
-
-
-def load_run(client: redis.Redis, run_id: str) -> dict[str, Any] | None:
-    """The run record with its batches' reports summed, or None if there is no such run."""
-    raw = cast(dict[bytes, bytes], client.hgetall(_run(run_id)))
-    if not raw:
-        return None
-    run = {k.decode(): json.loads(v) for k, v in raw.items()}
-    batches = cast(dict[bytes, bytes], client.hgetall(f"{_run(run_id)}:batches"))
-    run["batches"] = batch_totals(json.loads(v) for v in batches.values())
-    return run
-
-
-def batch_totals(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """The batches' reports summed: every batch counts other patients, so counts add."""
-    totals: dict[str, Any] = {"batches_done": 0, "failures": [], **{n: {} for n in _BY_NAME}}
-    for report in reports:
-        totals["batches_done"] += 1
-        for name, value in report.items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                totals[name] = round(totals.get(name, 0) + value, 3)
-        for name in _BY_NAME:
-            for key, count in (report.get(name) or {}).items():
-                totals[name][key] = totals[name].get(key, 0) + count
-        totals["failures"] += report.get("failures") or []
-    return totals
-
-
-def run_funnel(run: dict[str, Any], study: Study) -> Funnel:
-    """A run's funnel from its record (batches summed). Its patients are the cohort; in an
-    incremental run only those whose record changed (the others were not re-evaluated).
-    Those the run did not evaluate (no longer on the server, a failed batch, an engine
-    failure) are counted as not evaluated."""
-    batches = run["batches"]
-    found = run["cohort"] - (0 if run["full"] else batches.get("unchanged", 0))
-    return Funnel.of(
-        study,
-        batches["removed"],
-        batches["outcomes"],
-        not_evaluated=found - batches.get("evaluated", 0),
-        scope="full" if run["full"] else "incremental",
-    )
-
-
-def remember_last_run(client: redis.Redis, scope: str, run: dict[str, Any]) -> None:
+def remember_last_run(client: redis.Redis, scope: str, last: LastRun) -> None:
     """Record a run that completed without failures: the next incremental run starts there."""
-    client.set(f"{PREFIX}:last:{scope}", json.dumps(run))
+    client.set(f"{PREFIX}:last:{scope}", json.dumps(asdict(last)))
 
 
-def last_run(client: redis.Redis, scope: str) -> dict[str, Any] | None:
+def last_run(client: redis.Redis, scope: str) -> LastRun | None:
+    """The last complete run of a scope; from the journal when Redis lost it."""
     raw = client.get(f"{PREFIX}:last:{scope}")
-    return json.loads(raw) if isinstance(raw, bytes) else None
+    if isinstance(raw, bytes):
+        return LastRun(**json.loads(raw))
+    complete = [r for r in journal_runs() if r.scope == scope and r.state is State.DONE]
+    if not complete:
+        return None
+    latest = max(complete, key=lambda r: r.started)
+    return LastRun(latest.id, latest.started, latest.full_started)

@@ -1,4 +1,5 @@
-"""The beat schedule: one discovery run per configured study, when FHIR_MATCH_SCHEDULE says."""
+"""The beat schedule: one discovery run per configured study, when FHIR_MATCH_SCHEDULE says,
+and the watchdog every FHIR_MATCH_WATCH_SECONDS."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         month_of_year=month_of_year,
         day_of_week=day_of_week,
     )
-    return {
+    runs: dict[str, dict[str, Any]] = {
         f"discover-{study}": {
             "task": "worker.tasks.discover",
             "schedule": when,
@@ -32,3 +33,9 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         }
         for study in settings.studies or configured_studies()
     }
+    watchdog = {
+        "task": "worker.tasks.watch_runs",
+        "schedule": settings.watch_every_s,
+        "options": {"expires": settings.watch_every_s},
+    }
+    return {**runs, "watch-runs": watchdog}

@@ -4,7 +4,8 @@ A discovery run is three kinds of task:
 ``discover`` takes the study's lock, finds the cohort and fans it out in batches;
 ``screen_patients`` fetches, evaluates and writes back one batch (patient ids in, counts
 out); ``finish_discovery``, the chord's callback, unlists whom a full run no longer finds,
-writes the run's Group with the run's funnel and releases the lock. Every task is
+writes the run's Group with the run's funnel and releases the lock. ``watch_runs``, sent
+by beat, takes up runs that stopped moving (worker/watchdog.py). Every task is
 idempotent, so a redelivered task (``acks_late``) changes nothing the second time.
 """
 
@@ -13,13 +14,14 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import redis
 from celery import Task, chord
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_shutdown
 
 from fhir_match.config import PROJECT_DIR, Settings, load_settings
@@ -39,16 +41,17 @@ from fhir_match.fhir import FhirClient
 from fhir_match.screen import study_engine
 from fhir_match.server import describe_server
 from fhir_match.writeback import RunInfo
-from worker import runs
+from worker import runs, watchdog
 from worker.app import app
+from worker.runs import Run, State
 
 __all__ = [
     "SINCE_MARGIN",
     "check_fhir_server",
     "discover",
     "finish_discovery",
-    "run_scope",
     "screen_patients",
+    "watch_runs",
 ]
 
 log = logging.getLogger(__name__)
@@ -87,19 +90,11 @@ def _close_engines(**_: object) -> None:
         _engines.popitem()[1].close()
 
 
-def run_scope(study_id: str, tag: str) -> str:
-    """What a run locks, and whose last run an incremental run continues: the study, or
-    the study's tagged population (test data; tagged runs touch nothing else)."""
-    return f"{study_id}:{tag}" if tag else study_id
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 def _error(exc: BaseException) -> str:
     """A failure as the run record shows it: our errors are written PHI-free; anything
     else is named by its type only, since its message may quote data."""
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return "stopped at its time limit (FHIR_MATCH_TASK_TIME_LIMIT)"
     return str(exc) if isinstance(exc, FhirMatchError) else f"unexpected {type(exc).__name__}"
 
 
@@ -122,13 +117,31 @@ def _batch_size(cohort: int) -> int:
     return max(1, min(PATIENTS_PER_BATCH, -(-cohort // MIN_BATCHES)))
 
 
-def _full(settings: Settings, last: dict[str, Any] | None, mode: str) -> bool:
+def _full(settings: Settings, last: runs.LastRun | None, mode: str) -> bool:
     if mode != "auto":
         return mode == "full"
-    if last is None or not last.get("full_started"):
+    if last is None or not last.full_started:
         return True
-    age = datetime.now(UTC) - datetime.fromisoformat(last["full_started"])
+    age = datetime.now(UTC) - datetime.fromisoformat(last.full_started)
     return age > timedelta(days=settings.full_every_days)
+
+
+def _start(run: Run, **changes: Any) -> Run | None:
+    """A queued run starts (a redelivered discover finds it running and goes on)."""
+    if run.state not in (State.QUEUED, State.RUNNING):
+        return None
+    return replace(run, state=State.RUNNING, touched=runs.now(), **changes)
+
+
+def _end(state: State, reason: str = "", **changes: Any) -> Callable[[Run], Run | None]:
+    """A transition to a final state, from any state that is not final yet."""
+
+    def end(run: Run) -> Run | None:
+        if run.state in runs.FINAL:
+            return None
+        return replace(run, state=state, reason=reason, finished=runs.now(), **changes)
+
+    return end
 
 
 @app.task(  # type: ignore[untyped-decorator]
@@ -158,27 +171,44 @@ def discover(
     run_id = str(self.request.id)
     settings = _settings(base_url)
     store = _redis(settings)
-    scope = run_scope(study_id, tag)
-    if not runs.acquire_lock(store, scope, run_id):
-        holder = runs.lock_holder(store, scope)
-        runs.save_run(
-            store,
-            run_id,
-            study=study_id,
-            tag=tag,
-            state="skipped",
-            finished=_now(),
-            reason=f"run {holder} of {study_id} is still in progress",
+    queue = (self.request.delivery_info or {}).get("routing_key") or settings.queue
+    run = runs.load_run(store, run_id) or runs.new_run(
+        store, Run(run_id, study_id, State.QUEUED, queued=runs.now(), tag=tag)
+    )
+    if run.state in runs.FINAL or run.study_ref:
+        # cancelled, or delivered again after its batches were sent: the batches, or the
+        # watchdog if they were lost, take it from there
+        return {"run": run_id, "state": run.state}
+    if not runs.acquire_lock(store, run.scope, run_id):
+        holder = runs.lock_holder(store, run.scope)
+        runs.update_run(
+            store, run_id, _end(State.SKIPPED, f"run {holder} of {study_id} is still in progress")
         )
-        return {"run": run_id, "state": "skipped"}
+        return {"run": run_id, "state": State.SKIPPED}
+    as_of = as_of or date.today().isoformat()
+    last = runs.last_run(store, run.scope)
+    full = fetch == "bulk" or _full(settings, last, mode)
+    since = None
+    if not full and last is not None:
+        since = (datetime.fromisoformat(last.started) - SINCE_MARGIN).isoformat()
+    started = run.started or runs.now()
+    runs.update_run(
+        store,
+        run_id,
+        lambda r: _start(
+            r,
+            mode=mode,
+            fetch=fetch,
+            queue=queue,
+            base_url=settings.fhir.base_url,
+            as_of=as_of,
+            full=full,
+            since=since,
+            started=started,
+            full_started=started if full else (last.full_started if last else None),
+        ),
+    )
     try:
-        started = _now()
-        as_of = as_of or date.today().isoformat()
-        last = runs.last_run(store, scope)
-        full = fetch == "bulk" or _full(settings, last, mode)
-        since = None
-        if not full and last is not None:
-            since = (datetime.fromisoformat(last["started"]) - SINCE_MARGIN).isoformat()
         setup = study_setup(study_id)
         with FhirClient(settings.fhir) as client:
             study_ref = ensure_study(client, setup.study, tag)
@@ -186,49 +216,58 @@ def discover(
             cohort_requests = client.requests
         size = _batch_size(len(cohort))
         batches = [cohort[i : i + size] for i in range(0, len(cohort), size)]
-        runs.save_run(
-            store,
-            run_id,
-            study=study_id,
-            state="running",
-            base_url=settings.fhir.base_url,
-            as_of=as_of,
-            tag=tag,
-            full=full,
-            since=since,
-            started=started,
-            study_ref=study_ref,
-            cohort=len(cohort),
-            cohort_requests=cohort_requests,
-            fetch=fetch,
-            batches_total=len(batches),
-            full_started=started if full else (last or {}).get("full_started"),
-        )
         if full:
             store.delete(f"{runs.PREFIX}:run:{run_id}:cohort")
             if cohort:
                 store.sadd(f"{runs.PREFIX}:run:{run_id}:cohort", *cohort)
                 store.expire(f"{runs.PREFIX}:run:{run_id}:cohort", runs.RUN_TTL_S)
-        if fetch == "bulk":
-            _bulk(store, run_id, cohort)
-    except Exception as exc:
-        runs.save_run(
-            store, run_id, study=study_id, state="failed", finished=_now(), error=_error(exc)
+        runs.save_plan(store, run_id, [] if fetch == "bulk" else batches)
+        fanned = runs.update_run(
+            store,
+            run_id,
+            lambda r: _start(
+                r,
+                study_ref=study_ref,
+                cohort=len(cohort),
+                cohort_requests=cohort_requests,
+                batches_total=len(batches),
+            ),
         )
-        runs.release_lock(store, scope, run_id)
+        if fanned is None:
+            return {"run": run_id, "state": "cancelled"}
+        if fetch == "bulk":
+            _bulk(store, fanned, cohort)
+    except TransientFhirError:
+        if self.request.retries < TASK_RETRIES:
+            raise  # autoretry: the lock stays with this run meanwhile
+        _fail(store, run_id, "the FHIR server stayed unavailable while finding the cohort")
+        raise
+    except Exception as exc:
+        _fail(store, run_id, _error(exc))
         raise
     if fetch == "bulk":
         return _finish(store, run_id)
-    queue = (self.request.delivery_info or {}).get("routing_key")
+    _fan_out(run_id, dict(enumerate(batches)), queue)
+    return {"run": run_id, "state": "running", "cohort": len(cohort), "batches": len(batches)}
+
+
+def _fan_out(run_id: str, batches: dict[int, list[str]], queue: str) -> None:
+    """Send batches as a chord whose callback finishes the run."""
     header = [
-        screen_patients.s(run_id, n, batch).set(queue=queue) for n, batch in enumerate(batches)
+        screen_patients.s(run_id, n, patients).set(queue=queue) for n, patients in batches.items()
     ]
     callback = finish_discovery.s(run_id).set(queue=queue)
     if header:
         chord(header)(callback)
     else:
         callback.apply_async(args=([],))
-    return {"run": run_id, "state": "running", "cohort": len(cohort), "batches": len(batches)}
+
+
+def _fail(store: redis.Redis, run_id: str, reason: str) -> None:
+    """End a run as failed, with a PHI-free reason, and free its study."""
+    run = runs.update_run(store, run_id, _end(State.FAILED, reason))
+    if run is not None:
+        runs.release_lock(store, run.scope, run_id)
 
 
 @app.task(bind=True, max_retries=TASK_RETRIES)  # type: ignore[untyped-decorator]
@@ -237,17 +276,17 @@ def screen_patients(self: Task, run_id: str, batch: int, patients: Sequence[str]
     backoff; a batch that still fails is recorded and the run goes on without it."""
     store = _redis(load_settings())
     run = runs.load_run(store, run_id)
-    if run is None:
-        return {"batch": batch, "error": "no such run"}
-    settings = _settings(run["base_url"])
+    if run is None or run.state is not State.RUNNING:
+        return {"batch": batch, "skipped": "the run is not running"}
+    settings = _settings(run.base_url)
     started = time.perf_counter()
-    info = RunInfo(run_id, run["as_of"], run["started"], run["tag"])
+    info = RunInfo(run_id, run.as_of, run.started, run.tag)
     try:
-        setup = study_setup(run["study"])
-        engine = _engine(run["study"], run["as_of"])
+        setup = study_setup(run.study)
+        engine = _engine(run.study, run.as_of)
         with FhirClient(settings.fhir) as client:
             report = screen_batch(
-                client, setup, engine, patients, run["study_ref"], info, since=run.get("since")
+                client, setup, engine, patients, run.study_ref, info, since=run.since
             ).as_json()
     except TransientFhirError as exc:
         if self.request.retries < TASK_RETRIES:
@@ -273,36 +312,27 @@ def finish_discovery(self: Task, results: list[dict[str, Any]], run_id: str) -> 
     return _finish(_redis(load_settings()), run_id)
 
 
-def _bulk(store: redis.Redis, run_id: str, cohort: list[str]) -> None:
+def _bulk(store: redis.Redis, run: Run, cohort: list[str]) -> None:
     """Screen the whole cohort from one Bulk Data export, recording each batch."""
-    run = runs.load_run(store, run_id)
-    assert run is not None
-    info = RunInfo(run_id, run["as_of"], run["started"], run["tag"])
-    setup = study_setup(run["study"])
-    engine = _engine(run["study"], run["as_of"])
-    folder = PROJECT_DIR / "var" / "runs" / run_id
+    info = RunInfo(run.id, run.as_of, run.started, run.tag)
+    setup = study_setup(run.study)
+    engine = _engine(run.study, run.as_of)
+    folder = PROJECT_DIR / "var" / "runs" / run.id
     batches = iter(range(len(cohort) + 1))
     batch_requests = 0
 
     def record(report: BatchReport) -> None:
         nonlocal batch_requests
         batch_requests += report.requests
-        runs.record_batch(store, run_id, next(batches), report.as_json())
+        runs.record_batch(store, run.id, next(batches), report.as_json())
 
     try:
-        with FhirClient(_settings(run["base_url"]).fhir) as client:
-            total = bulk_screen(
-                client,
-                setup,
-                engine,
-                cohort,
-                run["study_ref"],
-                info,
-                folder,
-                record,
-            )
+        with FhirClient(_settings(run.base_url).fhir) as client:
+            total = bulk_screen(client, setup, engine, cohort, run.study_ref, info, folder, record)
         # the export's own requests; the batches' are in their reports
-        runs.save_run(store, run_id, bulk_requests=total.requests - batch_requests)
+        runs.update_run(
+            store, run.id, lambda r: replace(r, bulk_requests=total.requests - batch_requests)
+        )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -311,43 +341,117 @@ def _finish(store: redis.Redis, run_id: str) -> dict[str, Any]:
     run = runs.load_run(store, run_id)
     if run is None:
         return {"run": run_id, "error": "no such run"}
-    if run.get("state") in ("done", "failed"):
-        return {"run": run_id, "state": run["state"]}  # delivered twice: done already
-    settings = _settings(run["base_url"])
-    info = RunInfo(run_id, run["as_of"], run["started"], run["tag"])
+    if run.state is not State.RUNNING:
+        return {"run": run_id, "state": run.state}  # delivered twice, or cancelled
+    settings = _settings(run.base_url)
+    info = RunInfo(run_id, run.as_of, run.started, run.tag)
     cohort = None
-    if run["full"]:
+    if run.full:
         members = store.smembers(f"{runs.PREFIX}:run:{run_id}:cohort")
         cohort = {m.decode() for m in members}  # type: ignore[union-attr]
     try:
-        setup = study_setup(run["study"])
+        setup = study_setup(run.study)
         funnel = runs.run_funnel(run, setup.study)
         with FhirClient(settings.fhir) as client:
-            report = finish_run(client, setup, run["study_ref"], info, cohort, funnel)
+            report = finish_run(client, setup, run.study_ref, info, cohort, funnel)
             finish_requests = client.requests
     except TransientFhirError:
         raise
     except Exception as exc:
-        runs.save_run(store, run_id, state="failed", finished=_now(), error=_error(exc))
-        runs.release_lock(store, run_scope(run["study"], run["tag"]), run_id)
+        _fail(store, run_id, _error(exc))
         raise
-    batches = run["batches"]
-    clean = not batches["failures"] and not batches.get("failed_batches")
-    runs.save_run(
+    batches = run.batches
+    clean = not batches.failures and not batches.failed_batches and not report.left_cohort.failed
+    done = runs.update_run(
         store,
         run_id,
-        state="done",
-        finished=_now(),
-        finish_requests=finish_requests,
-        result=report.as_json(),
-        funnel=funnel.as_json(),
+        _end(
+            State.DONE if clean else State.PARTIAL,
+            finish_requests=finish_requests,
+            result=report.as_json(),
+            funnel=funnel.as_json(),
+        ),
     )
-    if clean and not report.left_cohort.failed:
+    if done is not None and clean:
         runs.remember_last_run(
-            store,
-            run_scope(run["study"], run["tag"]),
-            {"run": run_id, "started": run["started"], "full_started": run["full_started"]},
+            store, run.scope, runs.LastRun(done.id, done.started, done.full_started)
         )
     store.delete(f"{runs.PREFIX}:run:{run_id}:cohort")
-    runs.release_lock(store, run_scope(run["study"], run["tag"]), run_id)
-    return {"run": run_id, "state": "done", **report.as_json()}
+    runs.release_lock(store, run.scope, run_id)
+    return {"run": run_id, "state": done.state if done else run.state, **report.as_json()}
+
+
+def cancel(store: redis.Redis, run_id: str) -> Run | None:
+    """Cancel a run that has not ended: its remaining batches do nothing, its study is
+    free at once. What its finished batches wrote stays (it is correct, only not complete)."""
+    run = runs.update_run(store, run_id, _end(State.CANCELLED, "cancelled by an operator"))
+    if run is not None:
+        runs.release_lock(store, run.scope, run_id)
+    return run
+
+
+@app.task  # type: ignore[untyped-decorator]
+def watch_runs() -> dict[str, list[str]]:
+    """The watchdog: take up every run with no progress for FHIR_MATCH_STALL_SECONDS:
+    send its lost batches again, finish it, or fail it with the reason and free its study.
+    Returns what it did, by run id."""
+    settings = load_settings()
+    store = _redis(settings)
+    moment = datetime.now(UTC)
+    done: dict[str, list[str]] = {"resent": [], "finished": [], "failed": []}
+    for run in _unfinished(store):
+        in_redis = runs.load_run(store, run.id) is not None
+        action = watchdog.verdict(
+            run,
+            in_redis=in_redis,
+            planned=set(runs.batch_plan(store, run.id)) if in_redis else set(),
+            recorded=runs.recorded_batches(store, run.id) if in_redis else set(),
+            now=moment,
+            stall_s=settings.stall_s,
+            task_time_limit_s=settings.task_time_limit_s,
+        )
+        if isinstance(action, watchdog.Resend):
+            if _resend(store, run, action.batches, moment):
+                done["resent"].append(run.id)
+        elif isinstance(action, watchdog.Finish):
+            finish_discovery.s([], run.id).apply_async(queue=run.queue or settings.queue)
+            done["finished"].append(run.id)
+        elif isinstance(action, watchdog.Fail):
+            log.warning("run %s failed: %s", run.id, action.reason)
+            if in_redis:
+                _fail(store, run.id, action.reason)
+            else:
+                runs.fail_lost(run, action.reason)
+                runs.release_lock(store, run.scope, run.id)
+            done["failed"].append(run.id)
+    return done
+
+
+def _unfinished(store: redis.Redis) -> list[Run]:
+    """Runs not ended, in Redis or (lost there) in the journal."""
+    found = {r.id: r for r in runs.journal_runs() if r.state not in runs.FINAL}
+    for run in runs.list_runs(store, limit=200):
+        if run.state not in runs.FINAL:
+            found[run.id] = run
+        else:
+            found.pop(run.id, None)
+    return list(found.values())
+
+
+def _resend(store: redis.Redis, run: Run, batches: Sequence[int], moment: datetime) -> bool:
+    """Send lost batches again, once: the run's progress moves, so a second watchdog
+    pass (or one running beside this one) sees it as moving and leaves it."""
+    seen = run.progress_at
+
+    def claim(current: Run) -> Run | None:
+        if current.state is not State.RUNNING or current.progress_at != seen:
+            return None
+        return replace(current, resent=current.resent + 1, touched=moment.isoformat())
+
+    claimed = runs.update_run(store, run.id, claim)
+    if claimed is None:
+        return False
+    plan = runs.batch_plan(store, run.id)
+    log.warning("run %s: sending %d lost batches again", run.id, len(batches))
+    _fan_out(run.id, {n: plan[n] for n in batches}, run.queue)
+    return True

@@ -9,11 +9,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from fhir_match import __version__
 from fhir_match.config import PROJECT_DIR, Settings, load_settings, mask_url_password
 from fhir_match.errors import ConfigError, FhirError, FhirMatchError
+
+if TYPE_CHECKING:
+    import redis
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILURE", "EXIT_OK", "EXIT_UNAVAILABLE", "main"]
 
@@ -41,7 +44,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Check that the FHIR server, Redis and a worker answer, and that the worker reaches FHIR."""
+    """Check that the FHIR server, Redis and a worker answer, that the worker reaches FHIR,
+    and that no run is stalled (exit 1 if one is)."""
     from fhir_match.fhir import FhirClient
     from fhir_match.server import describe_server
 
@@ -49,23 +53,41 @@ def cmd_status(args: argparse.Namespace) -> int:
     report: dict[str, object] = {"settings": settings.as_json()}
     with FhirClient(settings.fhir) as client:
         report["fhir_server"] = describe_server(client)
+    stuck: list[str] = []
     if args.worker:
-        import redis
-
         from worker.tasks import check_fhir_server
 
-        try:
-            redis.Redis.from_url(settings.redis_url, socket_timeout=5).ping()
-        except redis.RedisError as exc:
-            where = mask_url_password(settings.redis_url)
-            fatal(f"Redis at {where} did not answer: {exc}", EXIT_UNAVAILABLE)
+        runs = _run_status(settings)
+        report["runs"] = runs
+        stuck = runs["stalled"]
         result = check_fhir_server.delay(settings.fhir.base_url)
         try:
             report["worker"] = result.get(timeout=WORKER_TIMEOUT_S)
         except TimeoutError:
             fatal(f"no worker answered within {WORKER_TIMEOUT_S:.0f}s", EXIT_UNAVAILABLE)
     print(json.dumps(report, indent=2))
-    return EXIT_OK
+    return EXIT_FAILURE if stuck else EXIT_OK
+
+
+def _run_status(settings: Settings) -> dict[str, list[str]]:
+    """Runs in progress, and those stalled (no progress for FHIR_MATCH_STALL_SECONDS)."""
+    from worker import runs
+    from worker.report import stalled
+
+    store = _store(settings)
+    recent = runs.list_runs(store, limit=50)
+    moment = datetime.now(UTC)
+    stuck = stalled(recent, moment, settings.stall_s)
+    for run in stuck:
+        print(
+            f"fhir-match: run {run.id} of {run.study} has made no progress since "
+            f"{run.progress_at} (the watchdog takes it up; fhir-match runs show {run.id})",
+            file=sys.stderr,
+        )
+    return {
+        "in_progress": [run.id for run in recent if run.state not in runs.FINAL],
+        "stalled": [run.id for run in stuck],
+    }
 
 
 def cmd_jwks(args: argparse.Namespace) -> int:
@@ -164,19 +186,19 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 
 RUN_POLL_S = 0.5
-FINAL_STATES = ("done", "failed", "skipped")
 
 
-def _bar(run: dict[str, object]) -> str:
-    batches = run.get("batches") or {}
-    done = int(batches.get("batches_done", 0)) if isinstance(batches, dict) else 0
-    total = int(str(run.get("batches_total") or 0))
-    width = 30
-    filled = width * done // total if total else 0
-    return (
-        f"\r{run.get('state', 'queued'):8} [{'#' * filled}{'-' * (width - filled)}] "
-        f"{done}/{total} batches, cohort {run.get('cohort', '?')}"
-    )
+def _store(settings: Settings) -> redis.Redis:
+    """Redis, answering, or a fatal error naming where it was looked for."""
+    import redis
+
+    store = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    try:
+        store.ping()
+    except redis.RedisError as exc:
+        where = mask_url_password(settings.redis_url)
+        fatal(f"Redis at {where} did not answer: {exc}", EXIT_UNAVAILABLE)
+    return store
 
 
 def cmd_discover(args: argparse.Namespace) -> int:
@@ -184,22 +206,20 @@ def cmd_discover(args: argparse.Namespace) -> int:
     import time
     import uuid
 
-    import redis
-
     from fhir_match.evaluate.study import load_study
     from worker import runs
+    from worker.report import progress_bar
     from worker.tasks import discover
 
     settings = _settings(args)
     study = load_study(args.study)
-    store = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
-    try:
-        store.ping()
-    except redis.RedisError as exc:
-        fatal(f"Redis at {mask_url_password(settings.redis_url)}: {exc}", EXIT_UNAVAILABLE)
+    store = _store(settings)
     run_id = str(uuid.uuid4())
     queued = time.monotonic()
-    runs.save_run(store, run_id, study=study.id, state="queued")
+    runs.new_run(
+        store,
+        runs.Run(run_id, study.id, runs.State.QUEUED, queued=runs.now(), tag=args.tag or ""),
+    )
     discover.apply_async(
         task_id=run_id,
         kwargs={
@@ -217,22 +237,55 @@ def cmd_discover(args: argparse.Namespace) -> int:
         return EXIT_OK
     terminal = sys.stderr.isatty()
     while True:
-        run = runs.load_run(store, run_id) or {}
+        run = runs.load_run(store, run_id)
         if terminal:
-            print(_bar(run), end="", file=sys.stderr, flush=True)
-        if run.get("state") in FINAL_STATES:
+            print(progress_bar(run), end="", file=sys.stderr, flush=True)
+        if run is not None and run.state in runs.FINAL:
             break
         waited = time.monotonic() - queued
-        if run.get("state") == "queued" and waited > WORKER_TIMEOUT_S:
+        if (run is None or run.state is runs.State.QUEUED) and waited > WORKER_TIMEOUT_S:
             fatal(f"no worker took run {run_id} within {WORKER_TIMEOUT_S:.0f}s", EXIT_UNAVAILABLE)
         if waited > args.timeout:
             fatal(f"run {run_id} did not finish within {args.timeout:.0f}s", EXIT_FAILURE)
         time.sleep(RUN_POLL_S)
     if terminal:
         print(file=sys.stderr)
-    print(json.dumps({"run": run_id, **run}, indent=2))
-    clean = run["state"] == "done" and not run["batches"]["failures"]
-    return EXIT_OK if clean or run["state"] == "skipped" else EXIT_FAILURE
+    print(json.dumps({"run": run_id, **run.as_json()}, indent=2))
+    return EXIT_OK if run.state in (runs.State.DONE, runs.State.SKIPPED) else EXIT_FAILURE
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """List recent discovery runs; show one (counts, funnel, failures, timings); cancel one."""
+    from worker import runs
+    from worker.report import run_details, run_table
+    from worker.tasks import cancel
+
+    settings = _settings(args)
+    store = _store(settings)
+    moment = datetime.now(UTC)
+    if args.action == "list":
+        found = runs.list_runs(store, limit=args.limit)
+        if args.json:
+            print(json.dumps([run.as_json() for run in found], indent=2))
+        else:
+            print(run_table(found, moment))
+        return EXIT_OK
+    if not args.run_id:
+        fatal(f"runs {args.action} needs a run id (fhir-match runs lists them)", EXIT_CONFIG)
+    if args.action == "cancel":
+        cancelled = cancel(store, args.run_id)
+        if cancelled is None:
+            run = runs.load_run(store, args.run_id) or runs.journal_run(args.run_id)
+            if run is None:
+                fatal(f"no run {args.run_id}", EXIT_FAILURE)
+            fatal(f"run {args.run_id} has already ended ({run.state})", EXIT_FAILURE)
+        print(f"run {args.run_id} cancelled; {cancelled.study} is free to run again")
+        return EXIT_OK
+    run = runs.load_run(store, args.run_id) or runs.journal_run(args.run_id)
+    if run is None:
+        fatal(f"no run {args.run_id}", EXIT_FAILURE)
+    print(json.dumps(run.as_json(), indent=2) if args.json else run_details(run, moment))
+    return EXIT_OK
 
 
 def cmd_candidates(args: argparse.Namespace) -> int:
@@ -358,6 +411,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=6 * 3600.0, help="with --wait: give up after (s)"
     )
     discover.set_defaults(run=cmd_discover)
+
+    runs = commands.add_parser("runs", help=cmd_runs.__doc__)
+    runs.add_argument("action", nargs="?", choices=("list", "show", "cancel"), default="list")
+    runs.add_argument("run_id", nargs="?", help="the run (show, cancel)")
+    runs.add_argument("--limit", type=int, default=20, help="list: how many runs")
+    runs.add_argument("--json", action="store_true", help="the records as JSON")
+    runs.set_defaults(run=cmd_runs)
 
     candidates = commands.add_parser("candidates", help=cmd_candidates.__doc__)
     candidates.add_argument("--study", default=_only_study(), help="study id")

@@ -38,6 +38,12 @@ DEFAULT_SCHEDULE = "0 2 * * *"
 DEFAULT_FULL_EVERY_DAYS = 7.0
 DEFAULT_MAX_WAIT_S = 120.0
 """Longest total time one request may spend waiting between retries."""
+DEFAULT_TASK_TIME_LIMIT_S = 1800.0
+"""Half an hour: a cohort search or a run's finish on a large, slow server, with retries."""
+DEFAULT_STALL_S = 600.0
+"""Ten minutes without a batch done: a healthy batch of 100 patients takes seconds to a
+minute, and a retried one waits at most about five."""
+DEFAULT_WATCH_EVERY_S = 60.0
 
 AuthMethod = Literal["none", "basic", "bearer", "smart-backend"]
 _AUTH_METHODS = ("none", "basic", "bearer", "smart-backend")
@@ -132,6 +138,13 @@ class Settings:
     tag: str = ""
     """Scheduled runs only look at resources with this run tag (test data on a shared
     server, such as the public sandbox); empty: the whole server."""
+    task_time_limit_s: float = DEFAULT_TASK_TIME_LIMIT_S
+    """The longest one task may run (a batch gets a third): past it the task is stopped,
+    and the broker hands a task whose worker died to another worker a little after it."""
+    stall_s: float = DEFAULT_STALL_S
+    """A run with no progress for this long is taken up by the watchdog."""
+    watch_every_s: float = DEFAULT_WATCH_EVERY_S
+    """How often beat sends the watchdog."""
 
     def __post_init__(self) -> None:
         if len(self.schedule.split()) != 5:
@@ -140,6 +153,13 @@ class Settings:
             )
         if self.full_every_days <= 0:
             raise ConfigError("FHIR_MATCH_FULL_EVERY_DAYS must be a positive number of days")
+        for name, value in (
+            ("FHIR_MATCH_TASK_TIME_LIMIT", self.task_time_limit_s),
+            ("FHIR_MATCH_STALL_SECONDS", self.stall_s),
+            ("FHIR_MATCH_WATCH_SECONDS", self.watch_every_s),
+        ):
+            if value <= 0:
+                raise ConfigError(f"{name} must be a positive number of seconds")
 
     def as_json(self) -> dict[str, object]:
         """A JSON-ready copy with every secret masked, fit to log or store with a run."""
@@ -255,4 +275,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         full_every_days=_number(env, "FHIR_MATCH_FULL_EVERY_DAYS", DEFAULT_FULL_EVERY_DAYS),
         queue=env.get("FHIR_MATCH_QUEUE") or "celery",
         tag=env.get("FHIR_MATCH_TAG", ""),
+        task_time_limit_s=_number(env, "FHIR_MATCH_TASK_TIME_LIMIT", DEFAULT_TASK_TIME_LIMIT_S),
+        stall_s=_number(env, "FHIR_MATCH_STALL_SECONDS", DEFAULT_STALL_S),
+        watch_every_s=_number(env, "FHIR_MATCH_WATCH_SECONDS", DEFAULT_WATCH_EVERY_S),
     )

@@ -66,14 +66,14 @@ def loaded_population(
 
 def run_discovery(
     store: redis.Redis, worker: WorkerProcess, population: Population, **kwargs: Any
-) -> dict[str, Any]:
+) -> runs.Run:
     """Enqueue a run on the test worker and wait for its record to say it ended."""
     options = {"study_id": STUDY, "as_of": AS_OF, "tag": population.tag, "mode": "full"}
     result = discover.apply_async(kwargs={**options, **kwargs}, queue=worker.queue)
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while time.monotonic() < deadline:
         run = runs.load_run(store, result.id)
-        if run and run.get("state") in ("done", "failed", "skipped"):
-            return {**run, "run": result.id}
+        if run is not None and run.state in runs.FINAL:
+            return run
         time.sleep(0.2)  # polling the run's record for its end, not waiting for an effect
     pytest.fail(f"run {result.id} did not end within {RUN_TIMEOUT_S}s")

@@ -2,38 +2,29 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 
 from fhir_match.fhir import FhirClient
 from fhir_match.seed import remove_tagged
+from worker import runs
 from worker.process import WorkerProcess
 
 from ..conftest import ROOT
 
-FINAL = ("done", "failed", "skipped")
 BEAT_TIMEOUT_S = 150
 """Beat sends at the next minute boundary; the run of an empty tagged cohort is quick."""
 
 
-def _runs_of_tag(store: redis.Redis, tag: str) -> list[dict[str, Any]]:
-    found = []
-    for key in store.scan_iter("fhir-match:run:*"):
-        if key.count(b":") != 2:
-            continue  # a run's batches or cohort, not its record
-        fields = store.hgetall(key)
-        if json.loads(fields.get(b"tag", b'""')) == tag:
-            found.append({k.decode(): json.loads(v) for k, v in fields.items()})
-    return found
+def _ended_runs_of_tag(store: redis.Redis, tag: str) -> list[runs.Run]:
+    return [r for r in runs.list_runs(store, limit=50) if r.tag == tag and r.state in runs.FINAL]
 
 
 def test_beat_sends_a_discovery_run_on_the_schedule(
@@ -64,7 +55,7 @@ def test_beat_sends_a_discovery_run_on_the_schedule(
     )
     try:
         deadline = time.monotonic() + BEAT_TIMEOUT_S
-        while not [r for r in _runs_of_tag(redis_client, tag) if r.get("state") in FINAL]:
+        while not _ended_runs_of_tag(redis_client, tag):
             if beat.poll() is not None:
                 pytest.fail(f"beat exited with code {beat.returncode}")
             if time.monotonic() > deadline:
@@ -75,8 +66,8 @@ def test_beat_sends_a_discovery_run_on_the_schedule(
         beat.wait(timeout=30)
         remove_tagged(fhir, tag)  # the run's snapshot, and the study if the run created it
 
-    run = next(r for r in _runs_of_tag(redis_client, tag) if r.get("state") in FINAL)
-    assert run["state"] == "done", run
-    assert run["study"] == "kn5501"
-    assert run["full"] is True  # the first run of a scope is a full one
-    assert run["cohort"] == 0
+    run = _ended_runs_of_tag(redis_client, tag)[0]
+    assert run.state == "done", run
+    assert run.study == "kn5501"
+    assert run.full is True  # the first run of a scope is a full one
+    assert run.cohort == 0

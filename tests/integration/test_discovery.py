@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -32,7 +33,8 @@ from fhir_match.tagging import TAG_SYSTEM, tag_token
 from fhir_match.writeback import RUN_SYSTEM, funnel_of, match_of
 from worker import runs
 from worker.process import WorkerProcess
-from worker.tasks import SINCE_MARGIN, run_scope, screen_patients
+from worker.runs import run_scope
+from worker.tasks import SINCE_MARGIN, screen_patients
 
 from ..conftest import ROOT
 from .conftest import RunTag
@@ -94,12 +96,12 @@ def test_a_run_lists_the_expected_candidates_with_their_evidence(
 ) -> None:
     run = run_discovery(redis_client, celery_worker, population)
 
-    assert run["state"] == "done", run
-    assert run["batches"]["failures"] == []
-    assert run["cohort"] >= len(population.listed)
+    assert run.state == "done", run
+    assert run.batches.failures == ()
+    assert run.cohort >= len(population.listed)
     candidates = listed(fhir, population)
     assert {p: c.outcome for p, c in candidates.items()} == population.listed
-    assert run["result"]["listed"] == len(population.listed)
+    assert run.result["listed"] == len(population.listed)
     for patient, candidate in candidates.items():
         assert candidate.status == candidate.outcome
         expected = population.expected[patient]["criteria"]
@@ -142,12 +144,12 @@ def test_the_runs_funnel_on_its_group_equals_screens_on_the_same_patients(
     funnel = funnel_of(group)
     assert funnel is not None
     assert run is not None
-    assert run["funnel"] == funnel.as_json()
+    assert run.funnel == funnel.as_json()
     assert funnel.scope == "full"
     assert funnel.not_evaluated == 0
     # A run reads only its cohort, the patients the study's discovery searches find.
     cohort = set(find_patients(fhir, study_setup(STUDY), population.tag))
-    assert funnel.found == run["cohort"] == len(cohort)
+    assert funnel.found == run.cohort == len(cohort)
 
     summary = run_screen(
         only_patients(population.folder / "fhir", cohort, tmp_path / "cohort"),
@@ -196,8 +198,8 @@ def test_a_second_run_writes_nothing_new(
 
     run = run_discovery(redis_client, celery_worker, population)
 
-    assert run["state"] == "done"
-    assert (run["batches"]["created"], run["batches"]["updated"]) == (0, 0)
+    assert run.state == "done"
+    assert (run.batches.created, run.batches.updated) == (0, 0)
     assert tagged_count(fhir, "ResearchSubject", population.tag) == subjects
     assert tagged_count(fhir, "Provenance", population.tag) == provenance
     assert tagged_count(fhir, "Group", population.tag) == 2  # one snapshot per run
@@ -214,9 +216,7 @@ def test_a_batch_task_run_twice_changes_nothing_the_second_time(
     before = {p: c.subject for p, c in listed(fhir, population).items()}
 
     for _ in range(2):
-        report = screen_patients.apply_async(
-            args=[run["run"], 0, patients], queue=celery_worker.queue
-        )
+        report = screen_patients.apply_async(args=[run.id, 0, patients], queue=celery_worker.queue)
         report.get(timeout=RUN_TIMEOUT_S)
 
     assert {p: c.subject for p, c in listed(fhir, population).items()} == before
@@ -232,8 +232,8 @@ def test_two_runs_of_a_study_never_overlap(
     finally:
         runs.release_lock(redis_client, scope, "another-run")
 
-    assert run["state"] == "skipped"
-    assert "another-run" in run["reason"]
+    assert run.state == "skipped"
+    assert "another-run" in run.reason
 
 
 def test_a_coordinators_status_survives_a_rerun(
@@ -249,7 +249,7 @@ def test_a_coordinators_status_survives_a_rerun(
 
     run = run_discovery(redis_client, celery_worker, population)
 
-    assert run["state"] == "done"
+    assert run.state == "done"
     after = listed(fhir, population)[chosen.patient]
     assert after.status == "eligible"
     assert after.outcome == "candidate"
@@ -273,7 +273,7 @@ def test_a_normal_newest_platelet_count_unlists_the_patient(
     assert last is not None
     since = datetime.now(UTC).replace(microsecond=0)
     runs.remember_last_run(
-        redis_client, scope, {**last, "started": (since + SINCE_MARGIN).isoformat()}
+        redis_client, scope, replace(last, started=(since + SINCE_MARGIN).isoformat())
     )
     count = {
         "resourceType": "Observation",
@@ -293,13 +293,13 @@ def test_a_normal_newest_platelet_count_unlists_the_patient(
 
     run = run_discovery(redis_client, celery_worker, population, mode="incremental")
 
-    assert run["state"] == "done"
-    assert run["full"] is False
-    assert run["since"] == since.isoformat()
+    assert run.state == "done"
+    assert run.full is False
+    assert run.since == since.isoformat()
     # Only the patient with the new record was fetched in full and evaluated again.
-    assert run["batches"]["unchanged"] == run["cohort"] - 1
-    assert run["batches"]["evaluated"] == 1
-    funnel = funnel_of(run_group(fhir, run["run"]))
+    assert run.batches.unchanged == run.cohort - 1
+    assert run.batches.evaluated == 1
+    funnel = funnel_of(run_group(fhir, run.id))
     assert funnel is not None
     assert funnel.scope == "incremental"  # counts only the patients it re-evaluated
     assert funnel.found == 1
@@ -361,9 +361,9 @@ def test_a_bulk_run_records_the_same_funnel_as_a_search_run(
     searched = run_discovery(redis_client, celery_worker, population)
     bulk = run_discovery(redis_client, celery_worker, population, fetch="bulk")
 
-    assert bulk["state"] == "done", bulk
-    funnel = funnel_of(run_group(fhir, bulk["run"]))
+    assert bulk.state == "done", bulk
+    funnel = funnel_of(run_group(fhir, bulk.id))
     assert funnel is not None
-    assert funnel.found == bulk["cohort"] > 0
-    assert funnel == funnel_of(run_group(fhir, searched["run"]))
-    assert bulk["funnel"] == searched["funnel"] == funnel.as_json()
+    assert funnel.found == bulk.cohort > 0
+    assert funnel == funnel_of(run_group(fhir, searched.id))
+    assert bulk.funnel == searched.funnel == funnel.as_json()

@@ -29,6 +29,7 @@ from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 from fhir_match.fhir import FhirClient, Search
 from fhir_match.fhir.models import parse_resource, to_json
 from fhir_match.writeback import SUBJECT_SYSTEM
+from worker import runs
 from worker.process import WorkerProcess
 
 from ..conftest import ROOT
@@ -63,9 +64,9 @@ def population(fhir: FhirClient, tmp_path_factory: pytest.TempPathFactory) -> It
 @pytest.fixture(scope="module")
 def first_run(
     redis_client: redis.Redis, celery_worker: WorkerProcess, population: Population
-) -> dict[str, Any]:
+) -> runs.Run:
     run = run_discovery(redis_client, celery_worker, population)
-    assert run["state"] == "done", run
+    assert run.state == "done", run
     return run
 
 
@@ -98,7 +99,7 @@ def start_app(log: Path, extra_env: dict[str, str]) -> tuple[subprocess.Popen[by
 
 @pytest.fixture(scope="module")
 def app(
-    population: Population, first_run: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+    population: Population, first_run: runs.Run, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[App]:
     try:
         httpx.get(f"{REALM}/.well-known/openid-configuration", timeout=5).raise_for_status()
@@ -398,7 +399,7 @@ def test_a_new_discovery_run_keeps_the_decisions(
     celery_worker: WorkerProcess,
 ) -> None:
     run = run_discovery(redis_client, celery_worker, population)
-    assert run["state"] == "done", run
+    assert run.state == "done", run
 
     patient = _a_candidate(population)
     page.goto(f"{app.url}/studies/kn5501/patients/{patient.split('/')[1]}")
@@ -481,7 +482,7 @@ def test_the_app_log_holds_no_patient_data_or_tokens(app: App, population: Popul
 
 
 def test_without_sign_in_the_app_serves_loopback_as_the_local_user(
-    population: Population, first_run: dict[str, Any], tmp_path: Path, fhir: FhirClient
+    population: Population, first_run: runs.Run, tmp_path: Path, fhir: FhirClient
 ) -> None:
     process, url = start_app(tmp_path / "app.log", {"FHIR_MATCH_TAG": population.tag})
     try:

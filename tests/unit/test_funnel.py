@@ -13,7 +13,7 @@ from fhir_match.funnel import Funnel, removals, removed_by
 from fhir_match.records import CriterionResult, DataIssue, PatientEvaluation, Result
 from fhir_match.screen import ScreenSummary
 from fhir_match.writeback import EXT_FUNNEL, RunInfo, funnel_of, snapshot_group
-from worker.runs import batch_totals, run_funnel
+from worker.runs import Run, State, batch_totals, run_funnel
 
 STUDY = load_study("kn5501")
 RUN = RunInfo("run-1", "2026-06-01", "2026-06-01T02:00:00+00:00")
@@ -94,7 +94,15 @@ def test_batch_counts_summed_by_the_run_give_the_funnel_of_all_its_patients() ->
         for batch in batches
     ]
     reports.append({"patients": 3, "failed_batches": 1, "failures": ["timed out"]})
-    run = {"cohort": len(COHORT) + 3, "full": True, "batches": batch_totals(reports)}
+    run = Run(
+        "r",
+        "kn5501",
+        State.DONE,
+        queued="2026-06-01T00:00:00+00:00",
+        cohort=len(COHORT) + 3,
+        full=True,
+        batches=batch_totals(reports),
+    )
 
     assert run_funnel(run, STUDY) == funnel_of_all(COHORT, not_evaluated=3)
 
@@ -107,7 +115,15 @@ def test_an_incremental_run_counts_only_the_patients_it_re_evaluated() -> None:
         outcomes=Counter({"ineligible": 1}),
         removed=Counter({"inc-3": 1}),
     )
-    run = {"cohort": 10, "full": False, "batches": batch_totals([report.as_json()])}
+    run = Run(
+        "r",
+        "kn5501",
+        State.DONE,
+        queued="2026-06-01T00:00:00+00:00",
+        cohort=10,
+        full=False,
+        batches=batch_totals([report.as_json()]),
+    )
 
     funnel = run_funnel(run, STUDY)
 
