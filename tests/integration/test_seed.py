@@ -1,8 +1,9 @@
 """Seeding a synthetic population into the real FHIR server, and removing it by its tag.
 
 The server may hold other data (the demo's population, other tests' runs, a sandbox's
-records): the test looks only at the resources its own population names, and at one
-bystander it made itself, never at a count of everything of a type.
+records, and other tests loading and removing populations at the same time): the test looks
+only at the resources its own population names, and at one bystander it made itself, never
+at a count of everything of a type.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 from fhir_match.fhir import FhirClient, Search
 from fhir_match.fhir.models import parse_resource, to_json
 from fhir_match.files import fhir_files, read_resources
+from fhir_match.grouping import patient_of
 from fhir_match.seed import TAG_SYSTEM, remove_tagged, seed
 from fhir_match.synth.generate import generate
 
@@ -38,6 +40,15 @@ def _references(folder: Path) -> list[str]:
             for r in read_resources(fhir_files(folder), lambda issue: None)
         }
     )
+
+
+def _owned(folder: Path) -> set[str]:
+    """The resources of the population's own patients (not the shared Medications, say)."""
+    return {
+        f"{r['resourceType']}/{r['id']}"
+        for r in read_resources(fhir_files(folder), lambda issue: None)
+        if patient_of(r) is not None
+    }
 
 
 def _state(fhir: FhirClient, references: list[str]) -> State:
@@ -66,6 +77,7 @@ def test_seed_then_remove_leaves_the_server_as_it_was(
     tag = f"test-seed-{uuid.uuid4().hex[:10]}"
     token = f"{TAG_SYSTEM}|{tag}"
     references = _references(population)
+    owned = _owned(population)
     types = sorted({ref.split("/")[0] for ref in references})
     bystander = fhir.create(
         parse_resource({"resourceType": "Patient", "name": [{"family": "Kept"}]})
@@ -89,11 +101,16 @@ def test_seed_then_remove_leaves_the_server_as_it_was(
     assert again.resources < summary.resources
     assert sum(fhir.total(Search(t).where("_tag", token)) for t in types) == tagged
 
-    # What another population loaded before (the demo's shared Medications, say) is still
-    # used by it: it loses this tag and stays; everything else this run loaded is deleted.
+    # A shared resource (a Medication, the study) that other data still uses loses this tag
+    # and stays as it was; everything else this run loaded is deleted. Other tests may load
+    # and remove the same shared resources meanwhile, so only this tag's traces are counted.
     removed = remove_tagged(fhir, tag)
-    assert removed == tagged - len(before)
-    assert _state(fhir, references) == before
+    after = _state(fhir, references)
+    assert removed == tagged - len(after)
+    assert not set(after) & owned
+    for ref, (content, tags) in after.items():
+        assert tag not in tags, ref
+        assert ref not in before or content == before[ref][0], ref
     assert sum(fhir.total(Search(t).where("_tag", token)) for t in types) == 0
     assert fhir.read("Patient", str(bystander.id)).id == bystander.id
     fhir.delete("Patient", str(bystander.id))
