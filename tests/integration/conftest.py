@@ -20,6 +20,8 @@ from fhir_match.fhir import FhirClient, Search
 from fhir_match.seed import TAG_SYSTEM
 from worker.process import WorkerNotReady, WorkerProcess, start_worker
 
+from ..conftest import VAR_LOG
+
 READY_TIMEOUT_S = 60
 KEYCLOAK_URL = os.environ.get("KEYCLOAK_URL") or (
     f"http://127.0.0.1:{os.environ.get('KEYCLOAK_PORT') or 8180}"
@@ -82,12 +84,15 @@ def redis_client(settings: Settings) -> redis.Redis:
 @pytest.fixture(scope="session")
 def celery_worker(redis_client: redis.Redis) -> Iterator[WorkerProcess]:
     """A real Celery worker in its own process, on a queue of its own so no other worker
-    (the stack's, say) can take these tests' tasks."""
-    try:
-        worker = start_worker("test", ready_timeout_s=READY_TIMEOUT_S)
-    except WorkerNotReady as exc:
-        pytest.fail(f"the test worker: {exc}")
-    try:
-        yield worker
-    finally:
-        worker.stop(timeout_s=30)
+    (the stack's, say) can take these tests' tasks. Its log goes to var/log/, where the log
+    scan (tests/conftest.py) reads it."""
+    VAR_LOG.mkdir(parents=True, exist_ok=True)
+    with (VAR_LOG / "test-worker.log").open("ab") as log:
+        try:
+            worker = start_worker("test", stderr=log, ready_timeout_s=READY_TIMEOUT_S)
+        except WorkerNotReady as exc:
+            pytest.fail(f"the test worker: {exc} (its log: var/log/test-worker.log)")
+        try:
+            yield worker
+        finally:
+            worker.stop(timeout_s=30)

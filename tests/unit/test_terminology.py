@@ -27,7 +27,8 @@ from fhir_match.terminology import (
 
 REPO = Path(__file__).resolve().parents[2]
 MAPPINGS = REPO / "mappings"
-TRIAL = REPO.parent / "shared" / "trial"
+TRIAL = REPO / "studies" / "kn5501"
+"""The contract's criteria and its verified codes, carried beside the study's configuration."""
 VALUE_SET_FILES = sorted((MAPPINGS / "valuesets").glob("*.json"))
 BASE = "https://fhir-match.org/fhir/ValueSet/"
 SNOMED = "http://snomed.info/sct"
