@@ -30,6 +30,7 @@ from fhir_match.discovery import (
     ensure_study,
     find_patients,
     finish_run,
+    record_failed_run,
     screen_batch,
     study_setup,
 )
@@ -171,6 +172,7 @@ def discover(
             reason=f"run {holder} of {study_id} is still in progress",
         )
         return {"run": run_id, "state": "skipped"}
+    study_ref = ""
     try:
         started = _now()
         as_of = as_of or date.today().isoformat()
@@ -181,7 +183,7 @@ def discover(
             since = (datetime.fromisoformat(last["started"]) - SINCE_MARGIN).isoformat()
         setup = study_setup(study_id)
         with FhirClient(settings.fhir) as client:
-            study_ref = ensure_study(client, setup.study, tag)
+            study_ref = ensure_study(client, setup.study, tag, settings.research_study(study_id))
             cohort = find_patients(client, setup, tag)
             cohort_requests = client.requests
         size = _batch_size(len(cohort))
@@ -216,6 +218,11 @@ def discover(
             store, run_id, study=study_id, state="failed", finished=_now(), error=_error(exc)
         )
         runs.release_lock(store, scope, run_id)
+        retried = isinstance(exc, TransientFhirError) and self.request.retries < TASK_RETRIES
+        if study_ref and not retried:
+            with FhirClient(settings.fhir) as client:
+                info = RunInfo(run_id, str(as_of), started, tag)
+                record_failed_run(client, study_setup(study_id), study_ref, info, _error(exc))
         raise
     if fetch == "bulk":
         return _finish(store, run_id)
@@ -323,7 +330,16 @@ def _finish(store: redis.Redis, run_id: str) -> dict[str, Any]:
         setup = study_setup(run["study"])
         funnel = runs.run_funnel(run, setup.study)
         with FhirClient(settings.fhir) as client:
-            report = finish_run(client, setup, run["study_ref"], info, cohort, funnel)
+            report = finish_run(
+                client,
+                setup,
+                run["study_ref"],
+                info,
+                cohort,
+                funnel,
+                failures=run["batches"]["failures"],
+                failed_batches=run["batches"].get("failed_batches", 0),
+            )
             finish_requests = client.requests
     except TransientFhirError:
         raise

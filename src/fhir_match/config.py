@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -24,6 +25,8 @@ __all__ = [
     "Settings",
     "load_settings",
     "mask_url_password",
+    "research_study_ids",
+    "research_study_setting",
 ]
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -132,6 +135,13 @@ class Settings:
     tag: str = ""
     """Scheduled runs only look at resources with this run tag (test data on a shared
     server, such as the public sandbox); empty: the whole server."""
+    research_studies: tuple[tuple[str, str], ...] = ()
+    """(setting name, ResearchStudy id) from FHIR_MATCH_RESEARCH_STUDY_<STUDY>: the study
+    resource to use when several on the server carry the study's registry identifier."""
+
+    def research_study(self, study_id: str) -> str:
+        """The ResearchStudy id configured for a study, or empty: find it on the server."""
+        return dict(self.research_studies).get(research_study_setting(study_id), "")
 
     def __post_init__(self) -> None:
         if len(self.schedule.split()) != 5:
@@ -165,6 +175,30 @@ def mask_url_password(url: str) -> str:
     if parts.password is None:
         return url
     return url.replace(f":{parts.password}@", f":{_MASK}@", 1)
+
+
+_RESEARCH_STUDY = "FHIR_MATCH_RESEARCH_STUDY_"
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
+def research_study_setting(study_id: str) -> str:
+    """The environment variable naming a study's ResearchStudy id (kn5501:
+    FHIR_MATCH_RESEARCH_STUDY_KN5501)."""
+    return _RESEARCH_STUDY + re.sub(r"[^A-Z0-9]", "_", study_id.upper())
+
+
+def research_study_ids(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """Every FHIR_MATCH_RESEARCH_STUDY_<STUDY> set, as (name, id); a value may be the id or
+    ``ResearchStudy/<id>``."""
+    found = []
+    for name, raw in sorted(env.items()):
+        if not name.startswith(_RESEARCH_STUDY) or not raw.strip():
+            continue
+        value = raw.strip().removeprefix("ResearchStudy/")
+        if not _FHIR_ID.fullmatch(value):
+            raise ConfigError(f"{name} must be a ResearchStudy id, got {raw!r}")
+        found.append((name, value))
+    return tuple(found)
 
 
 def _number(env: Mapping[str, str], name: str, default: float) -> float:
@@ -255,4 +289,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         full_every_days=_number(env, "FHIR_MATCH_FULL_EVERY_DAYS", DEFAULT_FULL_EVERY_DAYS),
         queue=env.get("FHIR_MATCH_QUEUE") or "celery",
         tag=env.get("FHIR_MATCH_TAG", ""),
+        research_studies=research_study_ids(env),
     )
