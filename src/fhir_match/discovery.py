@@ -16,7 +16,7 @@ from itertools import islice
 from pathlib import Path
 
 from fhir_match.cohort import cohort_searches, find_cohort
-from fhir_match.errors import FhirError
+from fhir_match.errors import FatalFhirError, FhirError
 from fhir_match.evaluate.engine import CqlEvaluator, retrieved_types, translate_cql
 from fhir_match.evaluate.evaluator import evaluate_batch
 from fhir_match.evaluate.study import Study, load_study
@@ -107,15 +107,22 @@ def ensure_study(client: FhirClient, study: Study, tag: str = "", configured: st
     """The study's ResearchStudy reference (:func:`find_study`), created the first time.
 
     Creating is conditional on fhir-match's own identifier, so runs racing to create it
-    make one; a hospital's ResearchStudy created meanwhile loses to ours on the next run.
+    make one (HAPI refuses the others with 409: they take the winner's); a hospital's
+    ResearchStudy created meanwhile loses to ours on the next run.
     """
     found = find_study(client, study, tag, configured)
     if found:
         return found
-    created = client.create(
-        parse_resource(study_resource(study, tag)),
-        if_none_exist=f"identifier={STUDY_SYSTEM}|{own_study_identifier(study, tag)}",
-    )
+    try:
+        created = client.create(
+            parse_resource(study_resource(study, tag)),
+            if_none_exist=f"identifier={STUDY_SYSTEM}|{own_study_identifier(study, tag)}",
+        )
+    except FatalFhirError as exc:
+        # HAPI refuses the loser of a race to create it (409): the winner's is there now
+        if exc.status != 409 or (winner := find_study(client, study, tag)) is None:
+            raise
+        return winner
     return f"ResearchStudy/{created.id}"
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "STUDY_SYSTEM",
     "SUBJECT_SYSTEM",
     "Change",
+    "RecordedRun",
     "RunInfo",
     "RunState",
     "WriteSummary",
@@ -62,6 +63,8 @@ __all__ = [
     "match_of",
     "own_study_identifier",
     "plan_change",
+    "recorded_run",
+    "run_groups",
     "run_of",
     "run_state",
     "run_state_of",
@@ -604,6 +607,59 @@ def last_complete(groups: Sequence[Json]) -> tuple[Json | None, list[Json]]:
             return group, later
         later.append(group)
     return None, later
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    """A run as its Group tells it to a reader: what ``candidates`` and the review app show."""
+
+    run: str
+    recorded: str
+    """When the Group was written (``meta.lastUpdated``, to the minute)."""
+    state: RunState
+    funnel: Funnel | None
+
+
+def recorded_run(group: Json) -> RecordedRun:
+    return RecordedRun(
+        run=run_of(group),
+        recorded=str((group.get("meta") or {}).get("lastUpdated") or "")[:16],
+        state=run_state_of(group),
+        funnel=funnel_of(group),
+    )
+
+
+RUN_GROUPS_PAGE = 20
+
+
+def run_groups(client: FhirClient, study_ref: str, tag: str, limit: int) -> list[Json]:
+    """The study's newest run Groups, newest first, at most ``limit`` (with a run tag:
+    the tagged runs' only)."""
+    search = (
+        Search("Group")
+        .where("identifier", f"{RUN_SYSTEM}|")
+        .where("_sort", "-_lastUpdated")
+        .count(RUN_GROUPS_PAGE)
+    )
+    if tag:
+        search = search.where("_tag", tag_token(tag))
+    found: list[Json] = []
+    for page in client.pages(search):
+        for entry in page.get("entry") or []:
+            group = entry.get("resource") or {}
+            study = next(
+                (
+                    e.get("valueReference", {}).get("reference")
+                    for e in group.get("extension") or []
+                    if e.get("url") == EXT_STUDY
+                ),
+                None,
+            )
+            if study == study_ref:
+                found.append(group)
+                if len(found) == limit:
+                    return found
+    return found
 
 
 def run_of(group: Json) -> str:

@@ -48,7 +48,7 @@ def population(fhir: FhirClient, tmp_path_factory: pytest.TempPathFactory) -> It
 
 def listed(fhir: FhirClient, population: Population) -> dict[str, Candidate]:
     """The population's patients on the study's list (other data may share the server)."""
-    candidates = current_candidates(fhir, load_study(STUDY))
+    candidates, _ = current_candidates(fhir, load_study(STUDY), population.tag)
     return {c.patient: c for c in candidates if c.patient in population.expected}
 
 
