@@ -156,8 +156,9 @@ def choose_study(study: Study, tag: str, found: Sequence[Json]) -> str | None:
     """Which of the ResearchStudies found by the registry identifier a run of ``study``
     uses, or None when there is none yet (the caller creates ours).
 
-    Only those of the run's scope count: with a run tag, those carrying it; without, those
-    carrying no run tag (test data is never the hospital's study). The one fhir-match
+    Only those of the run's scope count: with a run tag, those carrying it (a seeded
+    population's own ResearchStudy too); without, those carrying no run tag (test data is
+    never the hospital's study). The one fhir-match
     created wins; else exactly one other (a hospital's own record of the trial) is adopted,
     read-only; several others and none of ours cannot be told apart: a ConfigError names
     the setting that picks one, and the candidates' ids.
@@ -167,7 +168,7 @@ def choose_study(study: Study, tag: str, found: Sequence[Json]) -> str | None:
         for r in found
         if r.get("resourceType") == "ResearchStudy"
         and r.get("id")
-        and _run_tags(r) == ({tag} if tag else set())
+        and (tag in _run_tags(r) if tag else not _run_tags(r))
     ]
     own = own_study_identifier(study, tag)
     ours = sorted(

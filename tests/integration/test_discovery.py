@@ -338,7 +338,10 @@ def test_discover_and_candidates_commands(
     assert json.loads(discover_run.stdout)["state"] == "done"
 
     shown = subprocess.run(
-        [sys.executable, "-m", "fhir_match.cli", "candidates", "--format", "ndjson"],
+        [
+            *(sys.executable, "-m", "fhir_match.cli", "candidates", "--format", "ndjson"),
+            *("--tag", population.tag),
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,

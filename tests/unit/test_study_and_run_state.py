@@ -10,7 +10,7 @@ from fhir_match.evaluate.study import load_study
 from fhir_match.fhir.models import parse_resource, to_json
 from fhir_match.funnel import Funnel
 from fhir_match.records import Json
-from fhir_match.tagging import tagged
+from fhir_match.tagging import TAG_SYSTEM, tagged
 from fhir_match.writeback import (
     RunInfo,
     RunState,
@@ -64,6 +64,11 @@ def test_a_tagged_run_sees_only_its_tagged_studies_and_an_untagged_run_none_of_t
     assert choose_study(STUDY, "", found) == "ResearchStudy/1"
     # ours of another scope does not count as ours: a tagged study is not the demo's
     assert choose_study(STUDY, "", [ours("2", "test-a")]) is None
+    # a seeded population's own ResearchStudy, loaded by several tagged populations
+    tags = [{"system": TAG_SYSTEM, "code": c} for c in ("test-c", "test-d")]
+    shared = {**foreign("5"), "meta": {"tag": tags}}
+    assert choose_study(STUDY, "test-c", [shared]) == "ResearchStudy/5"
+    assert choose_study(STUDY, "", [shared]) is None
 
 
 def test_the_setting_is_read_per_study_as_an_id_or_a_reference() -> None:
