@@ -32,6 +32,7 @@ from fhir_match.discovery import (
     ensure_study,
     find_patients,
     finish_run,
+    record_failed_run,
     screen_batch,
     study_setup,
 )
@@ -185,6 +186,7 @@ def discover(
             store, run_id, _end(State.SKIPPED, f"run {holder} of {study_id} is still in progress")
         )
         return {"run": run_id, "state": State.SKIPPED}
+    study_ref = ""
     as_of = as_of or date.today().isoformat()
     last = runs.last_run(store, run.scope)
     full = fetch == "bulk" or _full(settings, last, mode)
@@ -211,7 +213,7 @@ def discover(
     try:
         setup = study_setup(study_id)
         with FhirClient(settings.fhir) as client:
-            study_ref = ensure_study(client, setup.study, tag)
+            study_ref = ensure_study(client, setup.study, tag, settings.research_study(study_id))
             cohort = find_patients(client, setup, tag)
             cohort_requests = client.requests
         size = _batch_size(len(cohort))
@@ -243,7 +245,7 @@ def discover(
         _fail(store, run_id, "the FHIR server stayed unavailable while finding the cohort")
         raise
     except Exception as exc:
-        _fail(store, run_id, _error(exc))
+        _fail(store, run_id, _error(exc), study_ref)
         raise
     if fetch == "bulk":
         return _finish(store, run_id)
@@ -263,11 +265,22 @@ def _fan_out(run_id: str, batches: dict[int, list[str]], queue: str) -> None:
         callback.apply_async(args=([],))
 
 
-def _fail(store: redis.Redis, run_id: str, reason: str) -> None:
-    """End a run as failed, with a PHI-free reason, and free its study."""
+def _fail(store: redis.Redis, run_id: str, reason: str, study_ref: str = "") -> None:
+    """End a run as failed, with a PHI-free reason, and free its study. When the study is
+    known, its Group says so too (best effort), so readers never take it for the list."""
     run = runs.update_run(store, run_id, _end(State.FAILED, reason))
-    if run is not None:
-        runs.release_lock(store, run.scope, run_id)
+    if run is None:
+        return
+    runs.release_lock(store, run.scope, run_id)
+    _record_failure(run, study_ref or run.study_ref)
+
+
+def _record_failure(run: Run, study_ref: str) -> None:
+    if not study_ref:
+        return
+    info = RunInfo(run.id, run.as_of, run.started, run.tag)
+    with FhirClient(_settings(run.base_url or None).fhir) as client:
+        record_failed_run(client, study_setup(run.study), study_ref, info, run.reason)
 
 
 @app.task(bind=True, max_retries=TASK_RETRIES)  # type: ignore[untyped-decorator]
@@ -353,20 +366,29 @@ def _finish(store: redis.Redis, run_id: str) -> dict[str, Any]:
         setup = study_setup(run.study)
         funnel = runs.run_funnel(run, setup.study)
         with FhirClient(settings.fhir) as client:
-            report = finish_run(client, setup, run.study_ref, info, cohort, funnel)
+            report = finish_run(
+                client,
+                setup,
+                run.study_ref,
+                info,
+                cohort,
+                funnel,
+                failures=run.batches.failures,
+                failed_batches=run.batches.failed_batches,
+            )
             finish_requests = client.requests
     except TransientFhirError:
         raise
     except Exception as exc:
         _fail(store, run_id, _error(exc))
         raise
-    batches = run.batches
-    clean = not batches.failures and not batches.failed_batches and not report.left_cohort.failed
+    clean = report.state.state == "complete"
     done = runs.update_run(
         store,
         run_id,
         _end(
-            State.DONE if clean else State.PARTIAL,
+            _ENDED[report.state.state],
+            "; ".join(report.state.reasons),
             finish_requests=finish_requests,
             result=report.as_json(),
             funnel=funnel.as_json(),
@@ -379,6 +401,10 @@ def _finish(store: redis.Redis, run_id: str) -> dict[str, Any]:
     store.delete(f"{runs.PREFIX}:run:{run_id}:cohort")
     runs.release_lock(store, run.scope, run_id)
     return {"run": run_id, "state": done.state if done else run.state, **report.as_json()}
+
+
+_ENDED = {"complete": State.DONE, "partial": State.PARTIAL, "failed": State.FAILED}
+"""The run's state in Redis for the state its Group records."""
 
 
 def cancel(store: redis.Redis, run_id: str) -> Run | None:
@@ -421,8 +447,9 @@ def watch_runs() -> dict[str, list[str]]:
             if in_redis:
                 _fail(store, run.id, action.reason)
             else:
-                runs.fail_lost(run, action.reason)
+                lost = runs.fail_lost(run, action.reason)
                 runs.release_lock(store, run.scope, run.id)
+                _record_failure(lost, run.study_ref)
             done["failed"].append(run.id)
     return done
 

@@ -9,9 +9,29 @@ from fhir_match.evaluate.study import Study
 from fhir_match.fhir import FhirClient
 from fhir_match.records import CriterionResult, Json
 from fhir_match.screen import criterion_json
-from fhir_match.writeback import LISTED, criteria_of, match_of, study_search
+from fhir_match.writeback import (
+    LISTED,
+    RecordedRun,
+    criteria_of,
+    find_study,
+    last_complete,
+    match_of,
+    recorded_run,
+    run_groups,
+)
 
-__all__ = ["Candidate", "candidate_json", "candidate_text", "current_candidates"]
+__all__ = [
+    "Candidate",
+    "ListSource",
+    "candidate_json",
+    "candidate_text",
+    "current_candidates",
+    "list_source",
+    "source_lines",
+]
+
+RUNS_LOOKED_AT = 30
+"""Run Groups read back to find the last complete run among later partial or failed ones."""
 
 _MARK = {"met": "+", "not-met": "-", "unknown": "?"}
 
@@ -40,17 +60,63 @@ def _candidate(subject: Json) -> Candidate:
     )
 
 
-def current_candidates(client: FhirClient, study: Study) -> list[Candidate]:
-    """Everyone the last runs listed (candidate or potential-candidate), whatever status a
-    coordinator has given them since, by patient; empty when the study was never run."""
-    studies = [r for r in client.search(study_search(study)) if r.id]
+@dataclass(frozen=True)
+class ListSource:
+    """Where the list comes from: the last complete run, and the runs after it that were
+    partial or failed (newest first), which a reader must be told about."""
+
+    complete: RecordedRun | None
+    later: tuple[RecordedRun, ...]
+
+
+def current_candidates(
+    client: FhirClient, study: Study, tag: str = "", configured: str = ""
+) -> tuple[list[Candidate], ListSource]:
+    """Everyone the runs listed (candidate or potential-candidate), whatever status a
+    coordinator has given them since, by patient, and where the list comes from; empty
+    when the study was never run. ``tag`` and ``configured`` (the study's ResearchStudy
+    setting) find the study as discovery does."""
+    study_ref = find_study(client, study, tag, configured)
+    if study_ref is None:
+        return [], ListSource(None, ())
     found = [
         _candidate(subject)
-        for research_study in studies
-        for subject in read_subjects(client, study, f"ResearchStudy/{research_study.id}")
+        for subject in read_subjects(client, study, study_ref, tag)
         if match_of(subject).get("outcome") in LISTED
     ]
-    return sorted(found, key=lambda c: c.patient)
+    return sorted(found, key=lambda c: c.patient), list_source(client, study_ref, tag)
+
+
+def list_source(client: FhirClient, study_ref: str, tag: str) -> ListSource:
+    complete, later = last_complete(run_groups(client, study_ref, tag, RUNS_LOOKED_AT))
+    return ListSource(
+        recorded_run(complete) if complete else None, tuple(recorded_run(g) for g in later)
+    )
+
+
+def _evaluated(run: RecordedRun) -> str:
+    if run.funnel is None:
+        return "it evaluated nobody"
+    return f"evaluated {run.funnel.evaluated} of {run.funnel.found} patients"
+
+
+def source_lines(source: ListSource) -> list[str]:
+    """What a reader is told about the list: which run it is, and warnings for later
+    partial or failed runs (their reasons and what they did evaluate)."""
+    lines = []
+    if source.complete is None:
+        lines.append("warning: no discovery run has completed for this study yet")
+    else:
+        lines.append(
+            f"the list of run {source.complete.run} (complete, {source.complete.recorded})"
+        )
+    for run in source.later:
+        reasons = "; ".join(run.state.reasons) or "no reason recorded"
+        lines.append(
+            f"warning: a later run {run.run} ({run.recorded}) was {run.state.state}: "
+            f"{_evaluated(run)}; {reasons}"
+        )
+    return lines
 
 
 def candidate_json(candidate: Candidate, study: Study) -> dict[str, object]:

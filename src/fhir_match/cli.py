@@ -290,18 +290,29 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def cmd_candidates(args: argparse.Namespace) -> int:
     """List a study's current candidates with their per-criterion results, from the server."""
-    from fhir_match.candidates import candidate_json, candidate_text, current_candidates
+    from fhir_match.candidates import (
+        candidate_json,
+        candidate_text,
+        current_candidates,
+        source_lines,
+    )
     from fhir_match.evaluate.study import load_study
     from fhir_match.fhir import FhirClient
 
     study = load_study(args.study)
-    with FhirClient(_settings(args).fhir) as client:
-        candidates = current_candidates(client, study)
+    settings = _settings(args)
+    tag = settings.tag if args.tag is None else args.tag
+    with FhirClient(settings.fhir) as client:
+        candidates, source = current_candidates(
+            client, study, tag, settings.research_study(study.id)
+        )
     for candidate in candidates:
         if args.format == "ndjson":
             print(json.dumps(candidate_json(candidate, study), ensure_ascii=False))
         else:
             print(candidate_text(candidate) + "\n")
+    for line in source_lines(source):
+        print(line, file=sys.stderr)
     print(f"{len(candidates)} candidates for {study.id}", file=sys.stderr)
     return EXIT_OK
 
@@ -423,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     candidates.add_argument("--study", default=_only_study(), help="study id")
     candidates.add_argument("--fhir-url", help="FHIR base URL (default: $FHIR_BASE_URL)")
     candidates.add_argument("--format", choices=("text", "ndjson"), default="text")
+    candidates.add_argument(
+        "--tag", help="the list of runs with this run tag (default: $FHIR_MATCH_TAG)"
+    )
     candidates.set_defaults(run=cmd_candidates)
 
     review = commands.add_parser("review", help=cmd_review.__doc__)

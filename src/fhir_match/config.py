@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -24,6 +25,8 @@ __all__ = [
     "Settings",
     "load_settings",
     "mask_url_password",
+    "research_study_ids",
+    "research_study_setting",
 ]
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -145,6 +148,13 @@ class Settings:
     """A run with no progress for this long is taken up by the watchdog."""
     watch_every_s: float = DEFAULT_WATCH_EVERY_S
     """How often beat sends the watchdog."""
+    research_studies: tuple[tuple[str, str], ...] = ()
+    """(setting name, ResearchStudy id) from FHIR_MATCH_RESEARCH_STUDY_<STUDY>: the study
+    resource to use when several on the server carry the study's registry identifier."""
+
+    def research_study(self, study_id: str) -> str:
+        """The ResearchStudy id configured for a study, or empty: find it on the server."""
+        return dict(self.research_studies).get(research_study_setting(study_id), "")
 
     def __post_init__(self) -> None:
         if len(self.schedule.split()) != 5:
@@ -185,6 +195,30 @@ def mask_url_password(url: str) -> str:
     if parts.password is None:
         return url
     return url.replace(f":{parts.password}@", f":{_MASK}@", 1)
+
+
+_RESEARCH_STUDY = "FHIR_MATCH_RESEARCH_STUDY_"
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
+def research_study_setting(study_id: str) -> str:
+    """The environment variable naming a study's ResearchStudy id (kn5501:
+    FHIR_MATCH_RESEARCH_STUDY_KN5501)."""
+    return _RESEARCH_STUDY + re.sub(r"[^A-Z0-9]", "_", study_id.upper())
+
+
+def research_study_ids(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """Every FHIR_MATCH_RESEARCH_STUDY_<STUDY> set, as (name, id); a value may be the id or
+    ``ResearchStudy/<id>``."""
+    found = []
+    for name, raw in sorted(env.items()):
+        if not name.startswith(_RESEARCH_STUDY) or not raw.strip():
+            continue
+        value = raw.strip().removeprefix("ResearchStudy/")
+        if not _FHIR_ID.fullmatch(value):
+            raise ConfigError(f"{name} must be a ResearchStudy id, got {raw!r}")
+        found.append((name, value))
+    return tuple(found)
 
 
 def _number(env: Mapping[str, str], name: str, default: float) -> float:
@@ -278,4 +312,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         task_time_limit_s=_number(env, "FHIR_MATCH_TASK_TIME_LIMIT", DEFAULT_TASK_TIME_LIMIT_S),
         stall_s=_number(env, "FHIR_MATCH_STALL_SECONDS", DEFAULT_STALL_S),
         watch_every_s=_number(env, "FHIR_MATCH_WATCH_SECONDS", DEFAULT_WATCH_EVERY_S),
+        research_studies=research_study_ids(env),
     )

@@ -16,6 +16,7 @@ from itertools import islice
 from pathlib import Path
 
 from fhir_match.cohort import cohort_searches, find_cohort
+from fhir_match.errors import FatalFhirError, FhirError
 from fhir_match.evaluate.engine import CqlEvaluator, retrieved_types, translate_cql
 from fhir_match.evaluate.evaluator import evaluate_batch
 from fhir_match.evaluate.study import Study, load_study
@@ -36,21 +37,26 @@ from fhir_match.grouping import group_by_patient
 from fhir_match.normalise import Normaliser
 from fhir_match.records import DataIssue, Json, PatientEvaluation, PatientRecord
 from fhir_match.screen import load_normaliser
-from fhir_match.tagging import tag_token, tagged
+from fhir_match.tagging import tag_token
 from fhir_match.writeback import (
     LISTED,
     RUN_SYSTEM,
+    STUDY_SYSTEM,
     SUBJECT_SYSTEM,
     Change,
     RunInfo,
+    RunState,
     WriteSummary,
     apply_changes,
+    failure_reasons,
+    find_study,
     is_ours,
     match_of,
+    own_study_identifier,
     plan_change,
+    run_state,
     snapshot_group,
     study_resource,
-    study_search,
     subject_identifier,
 )
 
@@ -64,6 +70,7 @@ __all__ = [
     "find_patients",
     "finish_run",
     "read_subjects",
+    "record_failed_run",
     "screen_batch",
     "study_setup",
 ]
@@ -96,13 +103,26 @@ def study_setup(study_id: str) -> StudySetup:
     )
 
 
-def ensure_study(client: FhirClient, study: Study, tag: str = "") -> str:
-    """The study's ResearchStudy reference, created the first time (conditional create)."""
-    identifier = study_search(study).params[0][1]
-    created = client.create(
-        parse_resource(tagged(study_resource(study), tag)),
-        if_none_exist=f"identifier={identifier}",
-    )
+def ensure_study(client: FhirClient, study: Study, tag: str = "", configured: str = "") -> str:
+    """The study's ResearchStudy reference (:func:`find_study`), created the first time.
+
+    Creating is conditional on fhir-match's own identifier, so runs racing to create it
+    make one (HAPI refuses the others with 409: they take the winner's); a hospital's
+    ResearchStudy created meanwhile loses to ours on the next run.
+    """
+    found = find_study(client, study, tag, configured)
+    if found:
+        return found
+    try:
+        created = client.create(
+            parse_resource(study_resource(study, tag)),
+            if_none_exist=f"identifier={STUDY_SYSTEM}|{own_study_identifier(study, tag)}",
+        )
+    except FatalFhirError as exc:
+        # HAPI refuses the loser of a race to create it (409): the winner's is there now
+        if exc.status != 409 or (winner := find_study(client, study, tag)) is None:
+            raise
+        return winner
     return f"ResearchStudy/{created.id}"
 
 
@@ -361,6 +381,7 @@ class FinishReport:
     outcomes: Counter[str] = field(default_factory=Counter)
     left_cohort: WriteSummary = field(default_factory=WriteSummary)
     group: str = ""
+    state: RunState = field(default_factory=lambda: RunState("complete"))
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -369,6 +390,8 @@ class FinishReport:
             "left_cohort": self.left_cohort.updated,
             "failures": [str(f) for f in self.left_cohort.failed],
             "group": self.group,
+            "state": self.state.state,
+            "reasons": list(self.state.reasons),
         }
 
 
@@ -379,12 +402,17 @@ def finish_run(
     run: RunInfo,
     cohort: set[str] | None,
     funnel: Funnel,
+    failures: Sequence[str] = (),
+    failed_batches: int = 0,
 ) -> FinishReport:
     """After every batch: unlist whom a full run no longer finds, and record the snapshot
-    with the run's ``funnel`` (its batches' counts summed).
+    with the run's ``funnel`` (its batches' counts summed) and its state.
 
     ``cohort`` is the full run's cohort; None for an incremental run, whose batches have
-    already re-evaluated everyone whose record changed.
+    already re-evaluated everyone whose record changed. ``failures`` are the batches'
+    PHI-free failure texts and ``failed_batches`` how many batches failed whole: with
+    either, the run is partial (failed when it evaluated nobody), and its Group says so.
+    The Group replaces a failed one recorded for the same run before it could finish.
     """
     report = FinishReport()
     subjects = {
@@ -410,7 +438,57 @@ def finish_run(
     )
     report.listed = len(members)
     report.outcomes.update(outcome for _, outcome in members)
-    group = parse_resource(snapshot_group(setup.study, study_ref, run, members, funnel))
-    created = client.create(group, if_none_exist=f"identifier={RUN_SYSTEM}|{run.run_id}")
-    report.group = f"Group/{created.id}"
+    problems = [*failures, *(str(f) for f in report.left_cohort.failed)]
+    report.state = run_state(funnel, problems, failed_batches)
+    group = snapshot_group(setup.study, study_ref, run, members, funnel, report.state)
+    report.group = _put_group(client, group, run)
     return report
+
+
+def _put_group(client: FhirClient, group: Json, run: RunInfo) -> str:
+    """Write a run's Group, replacing any the run recorded before (conditional update on
+    its run id, so it is never written twice)."""
+    bundle = client.transaction(
+        {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "resource": group,
+                    "request": {
+                        "method": "PUT",
+                        "url": f"Group?identifier={RUN_SYSTEM}|{run.run_id}",
+                    },
+                }
+            ],
+        }
+    )
+    response = bundle.entry[0].response if bundle.entry else None
+    location = str(response.location or "") if response else ""
+    return "/".join(location.split("/")[:2])
+
+
+def record_failed_run(
+    client: FhirClient,
+    setup: StudySetup,
+    study_ref: str,
+    run: RunInfo,
+    reason: str,
+    funnel: Funnel | None = None,
+) -> str | None:
+    """Record a run that stopped (before its batches, or given up by the watchdog) as a
+    Group in state failed with ``reason`` (PHI-free text) and, when known, the funnel of
+    what it did evaluate; no members: the list stays the last complete run's.
+
+    Best effort: the run has failed already, so a server that cannot take this either
+    yields None. Never replaces a Group the run already has (a finish got there first).
+    """
+    state = RunState("failed", failure_reasons([reason]))
+    group = snapshot_group(setup.study, study_ref, run, [], funnel, state)
+    try:
+        created = client.create(
+            parse_resource(group), if_none_exist=f"identifier={RUN_SYSTEM}|{run.run_id}"
+        )
+    except FhirError:
+        return None
+    return f"Group/{created.id}"

@@ -21,36 +21,53 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fhir_match import __version__
-from fhir_match.errors import FatalFhirError
+from fhir_match.config import research_study_setting
+from fhir_match.errors import ConfigError, FatalFhirError
 from fhir_match.evaluate.study import Study
 from fhir_match.fhir import FhirClient, Search
 from fhir_match.funnel import Funnel
 from fhir_match.records import CriterionResult, DataIssue, Json, PatientEvaluation
-from fhir_match.tagging import tagged
+from fhir_match.tagging import TAG_SYSTEM, tag_token, tagged
 
 __all__ = [
     "EXT_CRITERION",
     "EXT_FUNNEL",
     "EXT_MATCH",
+    "EXT_RUN_STATE",
     "LISTED",
     "NO_LONGER_MATCHING",
     "RUN_SYSTEM",
+    "STUDY_SYSTEM",
     "SUBJECT_SYSTEM",
     "Change",
+    "RecordedRun",
     "RunInfo",
+    "RunState",
     "WriteSummary",
     "apply_changes",
+    "choose_study",
     "criteria_of",
+    "failure_reasons",
+    "find_study",
     "funnel_of",
     "is_ours",
+    "last_complete",
     "match_of",
+    "own_study_identifier",
     "plan_change",
+    "recorded_run",
+    "run_groups",
+    "run_of",
+    "run_state",
+    "run_state_of",
     "snapshot_group",
     "study_resource",
     "study_search",
@@ -74,7 +91,15 @@ Parts, in this order: scope (valueCode ``full``, or ``incremental``: only the pa
 run re-evaluated), found, evaluated, notEvaluated (valueInteger), one ``removed`` per
 criterion in the study's order (itself complex: criterion valueCode, count valueInteger),
 candidate, potentialCandidate (valueInteger)."""
+EXT_RUN_STATE = STRUCTURE + "run-state"
+"""On the run's Group: how the run ended. Parts: state (valueCode ``complete``: every
+patient evaluated, nothing failed; ``partial``: some batches or patients failed;
+``failed``: the run stopped, or evaluated nobody), failedBatches (valueInteger), reason
+(valueString, repeats: what failed and how often, PHI-free). Only a complete run's Group is
+the list; a Group without it predates the states and counts as complete."""
 SUBJECT_SYSTEM = "https://fhir-match.org/fhir/NamingSystem/research-subject"
+STUDY_SYSTEM = "https://fhir-match.org/fhir/NamingSystem/research-study"
+"""fhir-match's own identifier on the ResearchStudy it created: marks it as ours."""
 RUN_SYSTEM = "https://fhir-match.org/fhir/NamingSystem/discovery-run"
 LISTED = ("candidate", "potential-candidate")
 NO_LONGER_MATCHING = "ineligible"
@@ -86,16 +111,29 @@ _OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
 # -- the study ----------------------------------------------------------------------------
 
 
-def study_search(study: Study) -> Search:
-    return Search("ResearchStudy").where(
+def own_study_identifier(study: Study, tag: str = "") -> str:
+    """The value of fhir-match's own identifier on the ResearchStudy it creates: the study
+    id, and the run tag when there is one (a tagged population has a study of its own)."""
+    return f"{study.id}:{tag}" if tag else study.id
+
+
+def study_search(study: Study, tag: str = "") -> Search:
+    """Every ResearchStudy with the study's registry identifier (with a run tag: carrying it)."""
+    search = Search("ResearchStudy").where(
         "identifier", f"{study.identifier_system}|{study.identifier}"
     )
+    return search.where("_tag", tag_token(tag)) if tag else search
 
 
-def study_resource(study: Study) -> Json:
-    return {
+def study_resource(study: Study, tag: str = "") -> Json:
+    """The ResearchStudy fhir-match creates when the server has none: the registry's
+    identifier, and one of fhir-match's own that marks it as ours."""
+    resource = {
         "resourceType": "ResearchStudy",
-        "identifier": [{"system": study.identifier_system, "value": study.identifier}],
+        "identifier": [
+            {"system": study.identifier_system, "value": study.identifier},
+            {"system": STUDY_SYSTEM, "value": own_study_identifier(study, tag)},
+        ],
         "title": study.title,
         "status": study.status,
         "condition": [{"coding": [study.condition], "text": study.condition.get("display")}],
@@ -103,6 +141,79 @@ def study_resource(study: Study) -> Json:
         "site": [{"display": study.site}],
         "description": study.short_title,
     }
+    return tagged(resource, tag)
+
+
+def _run_tags(resource: Json) -> set[str]:
+    return {
+        str(t.get("code"))
+        for t in (resource.get("meta") or {}).get("tag") or []
+        if t.get("system") == TAG_SYSTEM
+    }
+
+
+def choose_study(study: Study, tag: str, found: Sequence[Json]) -> str | None:
+    """Which of the ResearchStudies found by the registry identifier a run of ``study``
+    uses, or None when there is none yet (the caller creates ours).
+
+    Only those of the run's scope count: with a run tag, those carrying it (a seeded
+    population's own ResearchStudy too); without, those carrying no run tag (test data is
+    never the hospital's study). The one fhir-match
+    created wins; else exactly one other (a hospital's own record of the trial) is adopted,
+    read-only; several others and none of ours cannot be told apart: a ConfigError names
+    the setting that picks one, and the candidates' ids.
+    """
+    in_scope = [
+        r
+        for r in found
+        if r.get("resourceType") == "ResearchStudy"
+        and r.get("id")
+        and (tag in _run_tags(r) if tag else not _run_tags(r))
+    ]
+    own = own_study_identifier(study, tag)
+    ours = sorted(
+        str(r["id"])
+        for r in in_scope
+        if any(
+            i.get("system") == STUDY_SYSTEM and i.get("value") == own
+            for i in r.get("identifier") or []
+        )
+    )
+    if ours:
+        return f"ResearchStudy/{ours[0]}"
+    others = sorted(str(r["id"]) for r in in_scope)
+    if len(others) > 1:
+        listed = ", ".join(f"ResearchStudy/{i}" for i in others)
+        raise ConfigError(
+            f"{len(others)} ResearchStudy resources carry {study.id}'s registry identifier "
+            f"{study.identifier_system}|{study.identifier} and fhir-match created none of "
+            f"them ({listed}): set {research_study_setting(study.id)} to the id of the one "
+            f"to use"
+        )
+    return f"ResearchStudy/{others[0]}" if others else None
+
+
+def find_study(client: FhirClient, study: Study, tag: str = "", configured: str = "") -> str | None:
+    """``ResearchStudy/<id>`` the study's runs write to and its readers read, or None
+    before the first run: the one ``configured`` names (its setting), else
+    :func:`choose_study` among those with the registry identifier. Discovery, ``candidates``
+    and the review app all find it here."""
+    if configured:
+        try:
+            client.read("ResearchStudy", configured)
+        except FatalFhirError as exc:
+            raise ConfigError(
+                f"{research_study_setting(study.id)} names ResearchStudy/{configured}, which "
+                f"the FHIR server does not give (HTTP {exc.status})"
+            ) from None
+        return f"ResearchStudy/{configured}"
+    found = [
+        entry["resource"]
+        for page in client.pages(study_search(study, tag))
+        for entry in page.get("entry") or []
+        if isinstance(entry.get("resource"), dict)
+    ]
+    return choose_study(study, tag, found)
 
 
 # -- a subject ----------------------------------------------------------------------------
@@ -429,24 +540,163 @@ def funnel_of(group: Json) -> Funnel | None:
     )
 
 
+RunStateCode = Literal["complete", "partial", "failed"]
+_STATES: dict[str, RunStateCode] = {s: s for s in ("complete", "partial", "failed")}
+MAX_REASONS = 5
+"""Distinct failure reasons a Group records; the run's record in Redis keeps them all."""
+_PATIENT_PREFIX = re.compile(r"^Patient/[A-Za-z0-9\-.]{1,64}: ")
+
+
+@dataclass(frozen=True)
+class RunState:
+    """How a run ended, as its Group records it."""
+
+    state: RunStateCode
+    reasons: tuple[str, ...] = ()
+    failed_batches: int = 0
+
+
+def failure_reasons(failures: Sequence[str]) -> tuple[str, ...]:
+    """The run's failure texts without the patient each names, most frequent first, each
+    with its count: what an operator needs to fix, not who it happened to."""
+    counts = Counter(_PATIENT_PREFIX.sub("", f)[:300] for f in failures)
+    return tuple(f"{n} x {text}" if n > 1 else text for text, n in counts.most_common(MAX_REASONS))
+
+
+def run_state(funnel: Funnel, failures: Sequence[str], failed_batches: int) -> RunState:
+    """``failed`` when there were patients and none was evaluated; ``partial`` when a batch
+    or a patient failed; else ``complete``."""
+    reasons = failure_reasons(failures)
+    if funnel.found and not funnel.evaluated:
+        return RunState("failed", reasons or ("no patient could be evaluated",), failed_batches)
+    if failures or failed_batches or funnel.not_evaluated:
+        reasons = reasons or (f"{funnel.not_evaluated} patients could not be evaluated",)
+        return RunState("partial", reasons, failed_batches)
+    return RunState("complete")
+
+
+def _state_extension(state: RunState) -> Json:
+    parts: list[Json] = [
+        {"url": "state", "valueCode": state.state},
+        _integer("failedBatches", state.failed_batches),
+    ]
+    parts += [{"url": "reason", "valueString": r} for r in state.reasons]
+    return {"url": EXT_RUN_STATE, "extension": parts}
+
+
+def run_state_of(group: Json) -> RunState:
+    """The state a run's Group records (complete when it predates run states)."""
+    extensions = _extension(group, EXT_RUN_STATE)
+    if not extensions:
+        return RunState("complete")
+    parts = extensions[0].get("extension") or []
+    found = {p.get("url"): p for p in parts}
+    state = _STATES.get(str((found.get("state") or {}).get("valueCode")), "failed")
+    return RunState(
+        state,
+        tuple(str(p.get("valueString")) for p in parts if p.get("url") == "reason"),
+        int((found.get("failedBatches") or {}).get("valueInteger") or 0),
+    )
+
+
+def last_complete(groups: Sequence[Json]) -> tuple[Json | None, list[Json]]:
+    """Among a study's run Groups, newest first: the last complete one (the list), and the
+    runs after it that were partial or failed (to be shown as such)."""
+    later: list[Json] = []
+    for group in groups:
+        if run_state_of(group).state == "complete":
+            return group, later
+        later.append(group)
+    return None, later
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    """A run as its Group tells it to a reader: what ``candidates`` and the review app show."""
+
+    run: str
+    recorded: str
+    """When the Group was written (``meta.lastUpdated``, to the minute)."""
+    state: RunState
+    funnel: Funnel | None
+
+
+def recorded_run(group: Json) -> RecordedRun:
+    return RecordedRun(
+        run=run_of(group),
+        recorded=str((group.get("meta") or {}).get("lastUpdated") or "")[:16],
+        state=run_state_of(group),
+        funnel=funnel_of(group),
+    )
+
+
+RUN_GROUPS_PAGE = 20
+
+
+def run_groups(client: FhirClient, study_ref: str, tag: str, limit: int) -> list[Json]:
+    """The study's newest run Groups, newest first, at most ``limit`` (with a run tag:
+    the tagged runs' only)."""
+    search = (
+        Search("Group")
+        .where("identifier", f"{RUN_SYSTEM}|")
+        .where("_sort", "-_lastUpdated")
+        .count(RUN_GROUPS_PAGE)
+    )
+    if tag:
+        search = search.where("_tag", tag_token(tag))
+    found: list[Json] = []
+    for page in client.pages(search):
+        for entry in page.get("entry") or []:
+            group = entry.get("resource") or {}
+            study = next(
+                (
+                    e.get("valueReference", {}).get("reference")
+                    for e in group.get("extension") or []
+                    if e.get("url") == EXT_STUDY
+                ),
+                None,
+            )
+            if study == study_ref:
+                found.append(group)
+                if len(found) == limit:
+                    return found
+    return found
+
+
+def run_of(group: Json) -> str:
+    """The run id a Group records."""
+    return next(
+        (
+            str(i.get("value"))
+            for i in group.get("identifier") or []
+            if i.get("system") == RUN_SYSTEM
+        ),
+        "",
+    )
+
+
 def snapshot_group(
     study: Study,
     study_ref: str,
     run: RunInfo,
     members: Sequence[tuple[str, str]],
-    funnel: Funnel,
+    funnel: Funnel | None,
+    state: RunState,
 ) -> Json:
-    """The list after a run as a Group: (patient, outcome) per member, and the run's funnel."""
+    """The list after a run as a Group: (patient, outcome) per member, the run's funnel
+    (when it got that far) and how it ended."""
+    extensions: list[Json] = [{"url": EXT_STUDY, "valueReference": {"reference": study_ref}}]
+    if funnel is not None:
+        extensions.append(_funnel_extension(funnel))
+    extensions.append(_state_extension(state))
     group = {
         "resourceType": "Group",
         "identifier": [{"system": RUN_SYSTEM, "value": run.run_id}],
-        "extension": [
-            {"url": EXT_STUDY, "valueReference": {"reference": study_ref}},
-            _funnel_extension(funnel),
-        ],
+        "extension": extensions,
         "type": "person",
         "actual": True,
-        "name": f"{study.short_title}: candidate list as of {run.as_of} (run {run.run_id})",
+        "name": f"{study.short_title}: candidate list as of {run.as_of} (run {run.run_id}, "
+        f"{state.state})",
         "quantity": len(members),
         "member": [
             {

@@ -50,7 +50,7 @@ def population(fhir: FhirClient, tmp_path_factory: pytest.TempPathFactory) -> It
 
 def listed(fhir: FhirClient, population: Population) -> dict[str, Candidate]:
     """The population's patients on the study's list (other data may share the server)."""
-    candidates = current_candidates(fhir, load_study(STUDY))
+    candidates, _ = current_candidates(fhir, load_study(STUDY), population.tag)
     return {c.patient: c for c in candidates if c.patient in population.expected}
 
 
@@ -338,7 +338,10 @@ def test_discover_and_candidates_commands(
     assert json.loads(discover_run.stdout)["state"] == "done"
 
     shown = subprocess.run(
-        [sys.executable, "-m", "fhir_match.cli", "candidates", "--format", "ndjson"],
+        [
+            *(sys.executable, "-m", "fhir_match.cli", "candidates", "--format", "ndjson"),
+            *("--tag", population.tag),
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,

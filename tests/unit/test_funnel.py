@@ -12,7 +12,7 @@ from fhir_match.fhir.models import parse_resource, to_json
 from fhir_match.funnel import Funnel, removals, removed_by
 from fhir_match.records import CriterionResult, DataIssue, PatientEvaluation, Result
 from fhir_match.screen import ScreenSummary
-from fhir_match.writeback import EXT_FUNNEL, RunInfo, funnel_of, snapshot_group
+from fhir_match.writeback import EXT_FUNNEL, RunInfo, RunState, funnel_of, snapshot_group
 from worker.runs import Run, State, batch_totals, run_funnel
 
 STUDY = load_study("kn5501")
@@ -137,7 +137,14 @@ def test_the_group_carries_the_funnel_and_reads_back_the_same() -> None:
 
     group = to_json(
         parse_resource(
-            snapshot_group(STUDY, "ResearchStudy/1", RUN, [("Patient/1", "candidate")], funnel)
+            snapshot_group(
+                STUDY,
+                "ResearchStudy/1",
+                RUN,
+                [("Patient/1", "candidate")],
+                funnel,
+                RunState("complete"),
+            )
         )
     )
 

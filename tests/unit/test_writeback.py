@@ -13,6 +13,7 @@ from fhir_match.records import CriterionResult, PatientEvaluation
 from fhir_match.writeback import (
     EXT_MATCH,
     RunInfo,
+    RunState,
     criteria_of,
     match_of,
     plan_change,
@@ -154,9 +155,17 @@ def test_other_extensions_on_the_subject_are_kept() -> None:
 
 def test_the_study_and_the_run_snapshot() -> None:
     study = study_resource(STUDY)
-    assert study["identifier"] == [{"system": "https://clinicaltrials.gov", "value": "NCT06337474"}]
+    assert study["identifier"][0] == {
+        "system": "https://clinicaltrials.gov",
+        "value": "NCT06337474",
+    }
     group = snapshot_group(
-        STUDY, STUDY_REF, RUN, [(PATIENT, "candidate")], Funnel.of(STUDY, {}, {})
+        STUDY,
+        STUDY_REF,
+        RUN,
+        [(PATIENT, "candidate")],
+        Funnel.of(STUDY, {}, {}),
+        RunState("complete"),
     )
     assert group["actual"] is True
     assert group["quantity"] == 1

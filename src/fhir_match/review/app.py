@@ -25,7 +25,7 @@ from starlette.templating import Jinja2Templates
 from starsessions import SessionAutoloadMiddleware, SessionMiddleware
 from starsessions.stores.redis import RedisStore
 
-from fhir_match.errors import FhirError
+from fhir_match.errors import ConfigError, FhirError
 from fhir_match.evaluate.engine import retrieved_types, translate_cql
 from fhir_match.evaluate.study import configured_studies, load_study
 from fhir_match.review.config import ReviewSettings
@@ -97,6 +97,10 @@ def create_app(settings: ReviewSettings) -> Starlette:
             request, "The FHIR server did not answer as expected. Try again shortly.", 502
         )
 
+    async def misconfigured(request: Request, exc: Exception) -> Response:
+        # ConfigError texts name settings and resource ids, never patient data
+        return failure(request, f"fhir-match is not configured for this server: {exc}", 503)
+
     async def not_found(request: Request, exc: Exception) -> Response:
         detail = exc.detail if isinstance(exc, HTTPException) else str(exc)
         return failure(request, f"Not found: {detail}", 404)
@@ -139,6 +143,7 @@ def create_app(settings: ReviewSettings) -> Starlette:
         ],
         exception_handlers={
             LaunchError: launch_failed,
+            ConfigError: misconfigured,
             FhirError: server_failed,
             LookupError: not_found,
             404: not_found,

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from fhir_match.config import DEFAULT_FHIR_BASE_URL, DEFAULT_REDIS_URL
+from fhir_match.config import DEFAULT_FHIR_BASE_URL, DEFAULT_REDIS_URL, research_study_ids
 from fhir_match.errors import ConfigError
 
 __all__ = ["ReviewSettings", "load_review_settings"]
@@ -40,6 +40,8 @@ class ReviewSettings:
     session_hours: float = SESSION_HOURS
     tag: str = ""
     """Review only a tagged population (synthetic data on a shared server)."""
+    research_studies: tuple[tuple[str, str], ...] = ()
+    """FHIR_MATCH_RESEARCH_STUDY_<STUDY> settings, as discovery reads them."""
 
     def __post_init__(self) -> None:
         for name, url in (("FHIR_BASE_URL", self.fhir_base_url), ("public URL", self.base)):
@@ -106,4 +108,5 @@ def load_review_settings(
         redis_url=env.get("REDIS_URL") or DEFAULT_REDIS_URL,
         session_hours=hours,
         tag=env.get("FHIR_MATCH_TAG", ""),
+        research_studies=research_study_ids(env),
     )

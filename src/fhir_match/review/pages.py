@@ -17,12 +17,14 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
-from fhir_match.config import FhirSettings
+from fhir_match.candidates import RUNS_LOOKED_AT, list_source
+from fhir_match.config import FhirSettings, research_study_setting
 from fhir_match.discovery import read_subjects
 from fhir_match.errors import FhirError
 from fhir_match.evaluate.study import Study
 from fhir_match.fhir import FhirClient
 from fhir_match.funnel import Funnel
+from fhir_match.records import Json
 from fhir_match.review import reads
 from fhir_match.review.config import ReviewSettings
 from fhir_match.review.decisions import (
@@ -45,7 +47,16 @@ from fhir_match.review.listing import (
     sort_rows,
 )
 from fhir_match.review.smart import User
-from fhir_match.writeback import criteria_of, funnel_of, match_of
+from fhir_match.writeback import (
+    criteria_of,
+    find_study,
+    funnel_of,
+    last_complete,
+    match_of,
+    recorded_run,
+    run_groups,
+    run_state_of,
+)
 
 __all__ = ["Pages"]
 
@@ -109,7 +120,7 @@ class Pages:
         overview = []
         with self._client(user) as client:
             for study in self.studies.values():
-                ref = reads.study_reference(client, study)
+                ref = self._study_ref(client, study)
                 rows = (
                     candidate_rows(
                         list(read_subjects(client, study, ref, self.settings.tag)), {}, None, None
@@ -117,7 +128,7 @@ class Pages:
                     if ref and user.grant.can_read("ResearchSubject")
                     else []
                 )
-                latest = reads.run_groups(client, ref, self.settings.tag, 1) if ref else []
+                source = list_source(client, ref, self.settings.tag) if ref else None
                 overview.append(
                     {
                         "study": study,
@@ -125,16 +136,29 @@ class Pages:
                         "candidates": sum(r.outcome == "candidate" for r in rows),
                         "potential": sum(r.outcome == "potential-candidate" for r in rows),
                         "decided": sum(r.decided for r in rows),
-                        "last_run": (latest[0].get("meta") or {}).get("lastUpdated", "")[:16]
-                        if latest
-                        else "",
+                        "last_run": source.complete.recorded if source and source.complete else "",
+                        "later": source.later if source else (),
                     }
                 )
         return self.render(request, "studies.html", overview=overview)
 
-    def _snapshots(self, client: FhirClient, ref: str) -> tuple[Snapshot | None, Snapshot | None]:
-        groups = [snapshot_of(g) for g in reads.run_groups(client, ref, self.settings.tag, 2)]
-        return (groups[0] if groups else None, groups[1] if len(groups) > 1 else None)
+    def _study_ref(self, client: FhirClient, study: Study) -> str | None:
+        """The study's ResearchStudy, found as discovery finds it."""
+        configured = dict(self.settings.research_studies).get(research_study_setting(study.id))
+        return find_study(client, study, self.settings.tag, configured or "")
+
+    def _runs(
+        self, client: FhirClient, ref: str
+    ) -> tuple[list[Json], Snapshot | None, Snapshot | None]:
+        """The study's recent run Groups (newest first), and the snapshots of its last two
+        complete runs: "since the previous run" compares complete runs only."""
+        groups = run_groups(client, ref, self.settings.tag, RUNS_LOOKED_AT)
+        complete = [snapshot_of(g) for g in groups if run_state_of(g).state == "complete"]
+        return (
+            groups,
+            complete[0] if complete else None,
+            complete[1] if len(complete) > 1 else None,
+        )
 
     def study(self, request: Request) -> Response:
         user = self._signed_in(request)
@@ -143,9 +167,9 @@ class Pages:
         study = self._study(request.path_params["study"])
         query = request.query_params
         with self._client(user) as client:
-            ref = reads.study_reference(client, study)
+            ref = self._study_ref(client, study)
             subjects = list(read_subjects(client, study, ref, self.settings.tag)) if ref else []
-            latest, previous = self._snapshots(client, ref) if ref else (None, None)
+            groups, latest, previous = self._runs(client, ref) if ref else ([], None, None)
             people = reads.patients(
                 client, [str(s["individual"]["reference"]) for s in subjects], user.grant
             )
@@ -171,7 +195,8 @@ class Pages:
             dropped=dropped_since(latest, previous),
             query=dict(query),
             sort_keys=SORT_KEYS,
-            has_run=latest is not None,
+            has_run=bool(groups),
+            **_source_context(groups),
         )
 
     def patient(self, request: Request, conflict: dict[str, Any] | None = None) -> Response:
@@ -295,21 +320,27 @@ class Pages:
         request.session["flash"] = f"Saved: {label}."
         return RedirectResponse(page, status_code=303)
 
-    def _latest_funnel(self, user: User, study: Study) -> tuple[Funnel | None, dict[str, Any]]:
+    def _latest_funnel(
+        self, user: User, study: Study
+    ) -> tuple[Funnel | None, dict[str, Any], list[Json]]:
+        """The funnel of the last complete full run, its Group, and the study's recent
+        Groups (to flag later partial or failed runs)."""
         with self._client(user) as client:
-            ref = reads.study_reference(client, study)
-            for group in reads.run_groups(client, ref, self.settings.tag, 30) if ref else []:
-                funnel = funnel_of(group)
-                if funnel is not None and funnel.scope == "full":
-                    return funnel, group
-        return None, {}
+            ref = self._study_ref(client, study)
+            groups = run_groups(client, ref, self.settings.tag, RUNS_LOOKED_AT) if ref else []
+        for group in groups:
+            funnel = funnel_of(group)
+            full = funnel is not None and funnel.scope == "full"
+            if full and run_state_of(group).state == "complete":
+                return funnel, group, groups
+        return None, {}, groups
 
     def funnel(self, request: Request) -> Response:
         user = self._signed_in(request)
         if isinstance(user, Response):
             return user
         study = self._study(request.path_params["study"])
-        funnel, group = self._latest_funnel(user, study)
+        funnel, group, groups = self._latest_funnel(user, study)
         return self.render(
             request,
             "funnel.html",
@@ -318,6 +349,7 @@ class Pages:
             steps=funnel_steps(funnel, study) if funnel else [],
             run=(group.get("meta") or {}).get("lastUpdated", "")[:16],
             run_name=group.get("name", ""),
+            later=_source_context(groups)["later"],
         )
 
     def funnel_csv(self, request: Request) -> Response:
@@ -325,7 +357,7 @@ class Pages:
         if isinstance(user, Response):
             return user
         study = self._study(request.path_params["study"])
-        funnel, _ = self._latest_funnel(user, study)
+        funnel, _, _ = self._latest_funnel(user, study)
         if funnel is None:
             return PlainTextResponse("no full discovery run has recorded a funnel yet\n", 404)
         out = io.StringIO()
@@ -346,6 +378,16 @@ class Pages:
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="{study.id}-funnel.csv"'},
         )
+
+
+def _source_context(groups: list[Json]) -> dict[str, Any]:
+    """What the pages say about where the list comes from: the last complete run (with its
+    funnel) and the later partial or failed runs, newest first."""
+    complete, later = last_complete(groups)
+    return {
+        "complete": recorded_run(complete) if complete else None,
+        "later": [recorded_run(g) for g in later],
+    }
 
 
 def _step(

@@ -9,26 +9,16 @@ from fhir_match.evaluate.study import Study
 from fhir_match.fhir import FhirClient, Search
 from fhir_match.records import Json
 from fhir_match.review.grants import Grant
-from fhir_match.tagging import tag_token
-from fhir_match.writeback import (
-    EXT_STUDY,
-    RUN_SYSTEM,
-    SUBJECT_SYSTEM,
-    study_search,
-    subject_identifier,
-)
+from fhir_match.writeback import SUBJECT_SYSTEM, subject_identifier
 
 __all__ = [
     "cited_resources",
     "decision_provenances",
     "find_subject",
     "patients",
-    "run_groups",
-    "study_reference",
 ]
 
 IDS_PER_SEARCH = 100
-RUN_PAGE = 20
 
 
 def _resources(client: FhirClient, search: Search) -> Iterator[Json]:
@@ -36,39 +26,6 @@ def _resources(client: FhirClient, search: Search) -> Iterator[Json]:
         for entry in page.get("entry") or []:
             if isinstance(entry.get("resource"), dict):
                 yield entry["resource"]
-
-
-def study_reference(client: FhirClient, study: Study) -> str | None:
-    """``ResearchStudy/<id>`` fhir-match wrote for the study, or None before its first run."""
-    found = next(_resources(client, study_search(study).count(1)), None)
-    return f"ResearchStudy/{found['id']}" if found else None
-
-
-def run_groups(client: FhirClient, study_ref: str, tag: str, limit: int) -> list[Json]:
-    """The study's newest run snapshots, newest first, at most ``limit``."""
-    search = (
-        Search("Group")
-        .where("identifier", f"{RUN_SYSTEM}|")
-        .where("_sort", "-_lastUpdated")
-        .count(RUN_PAGE)
-    )
-    if tag:
-        search = search.where("_tag", tag_token(tag))
-    found = []
-    for group in _resources(client, search):
-        study = next(
-            (
-                e.get("valueReference", {}).get("reference")
-                for e in group.get("extension") or []
-                if e.get("url") == EXT_STUDY
-            ),
-            None,
-        )
-        if study == study_ref:
-            found.append(group)
-            if len(found) == limit:
-                break
-    return found
 
 
 def _by_id(
