@@ -116,7 +116,7 @@ def _wait_for(
 
 
 def _listed(fhir: FhirClient, population: Population) -> dict[str, str]:
-    candidates = current_candidates(fhir, load_study(STUDY))
+    candidates, _ = current_candidates(fhir, load_study(STUDY), population.tag)
     return {c.patient: c.outcome for c in candidates if c.patient in population.expected}
 
 

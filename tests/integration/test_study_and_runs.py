@@ -188,7 +188,7 @@ def test_candidates_come_from_the_complete_run_and_warn_of_the_failed_ones(
         timeout=120,
         check=True,
     )
-    assert f"the list of run {complete_then_failed['run']} (complete" in shown.stderr
+    assert f"the list of run {complete_then_failed.id} (complete" in shown.stderr
     assert "warning: a later run test-all-batches-failed" in shown.stderr
     assert "was failed: evaluated 0 of" in shown.stderr
     assert f"{len(population.listed)} candidates for kn5501" in shown.stderr
@@ -208,7 +208,7 @@ def test_the_review_app_shows_the_complete_runs_funnel_and_flags_the_failed_run(
         process.wait(timeout=30)
 
     assert study.status_code == 200
-    assert f"The list of the last complete run ({complete_then_failed['run']}" in study.text
+    assert f"The list of the last complete run ({complete_then_failed.id}" in study.text
     assert "A later run was failed" in study.text
     assert "4 x FHIR server error 503 on GET Condition" in study.text
     assert "it evaluated 0 of" in study.text
@@ -217,7 +217,7 @@ def test_the_review_app_shows_the_complete_runs_funnel_and_flags_the_failed_run(
     assert "A later run was failed" in funnel_page.text
     rows = funnel.text.splitlines()
     found = next(r for r in rows if r.startswith("Found by discovery"))
-    assert found.endswith(f",{complete_then_failed['cohort']}")
+    assert found.endswith(f",{complete_then_failed.cohort}")
     assert not any(r.startswith("Could not be evaluated") for r in rows)
     recorded = complete_then_failed.funnel
     assert f"Candidates,,,0,{recorded['candidates']}" in rows
