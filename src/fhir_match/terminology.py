@@ -136,10 +136,15 @@ class Terminology:
     _names: Mapping[str, frozenset[str]] = field(repr=False)
     _patterns: tuple[tuple[re.Pattern[str], str], ...] = field(repr=False)
     _cached: Callable[[str, str], frozenset[str]] = field(init=False, repr=False)
+    _longest_prefix: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         # Patients share most of their codes, so remembered answers serve most lookups.
         object.__setattr__(self, "_cached", lru_cache(maxsize=_CACHE_SIZE)(self._lookup))
+        # A code's prefixes are looked up only as far as the longest filter root: a very long
+        # code costs no more than a short one.
+        longest = max((len(code) for _, code in self._prefix), default=0)
+        object.__setattr__(self, "_longest_prefix", longest)
 
     def value_sets_of(self, system: str, code: str) -> frozenset[str]:
         """The urls of every value set that contains this coding, through is-a filters,
@@ -150,7 +155,7 @@ class Terminology:
         norm = _normalise(system, code)
         rules = list(self._exact.get((system, norm), ()))
         if system in HIERARCHICAL_SYSTEMS:
-            for end in range(1, len(norm) + 1):
+            for end in range(1, min(len(norm), self._longest_prefix) + 1):
                 rules.extend(self._prefix.get((system, norm[:end]), ()))
         included = {url for url, is_exclude in rules if not is_exclude}
         if not included:
