@@ -110,10 +110,13 @@ def _not_a_regular_file(path: Path) -> str:
 
 
 def _os_reason(exc: BaseException) -> str:
-    """An OS or compression error without the file name (the issue names the file)."""
+    """An OS or compression error in words of our own: without the file name (the issue names
+    the file) and without the bytes some gzip errors quote."""
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, EOFError):
+        return "the compressed data ends too early (truncated)"
+    return "not gzip, or corrupt gzip data"
 
 
 def _open(path: Path) -> Any:

@@ -104,6 +104,8 @@ def shape_problem(resource: Json) -> str:
     return ""
 
 
+_TEXT_OR_OBJECT = frozenset({"text", "code", "clinicalStatus", "verificationStatus"})
+"""A code or a concept by element name; the statuses also as bare text, as STU3 wrote them."""
 _TEXT = frozenset({"system", "display", "version", "unit", "text", "status", "reference"})
 
 
@@ -118,7 +120,7 @@ def _element_problem(kind: str, key: str, value: Any) -> str:
         return _quantity_problem(value)
     if key in _TEXT and not isinstance(value, str) and key != "text":
         return "not text"
-    if key in ("text", "code") and not isinstance(value, str | dict):
+    if key in _TEXT_OR_OBJECT and not isinstance(value, str | dict):
         return "neither text nor an object"
     if _is_date_element(key):
         return _date_problem(value)
