@@ -214,7 +214,7 @@ def _document(text: str, where: str, on_issue: OnIssue) -> Iterator[Located]:
     problem = _not_a_resource(data)
     if problem:
         on_issue(DataIssue(where, problem))
-    elif _too_deep(data):
+    elif text.count("[") + text.count("{") > _MAX_DEPTH and _too_deep(data):
         on_issue(DataIssue(where, f"nested deeper than {_MAX_DEPTH} levels: not FHIR"))
     elif data["resourceType"] == "Bundle":
         yield from _bundle(data, where, on_issue)

@@ -38,7 +38,7 @@ from typing import Any
 import orjson
 
 from fhir_match.records import DataIssue, Json, PatientRecord
-from fhir_match.shapes import shape_problem
+from fhir_match.shapes import element_problem, shape_problem
 from fhir_match.terminology import (
     DRUG_NAME,
     HIERARCHICAL_SYSTEMS,
@@ -102,7 +102,8 @@ class Normalised:
 
 def normalise(record: PatientRecord, normaliser: Normaliser) -> Normalised:
     skipped: list[DataIssue] = []
-    originals = [_with_clean_codings(r) for r in _well_formed(record, skipped)]
+    cleaned = (_with_clean_codings(r) for r in record.resources)
+    originals = _well_formed(record, [r for r in cleaned if _may_be_read(r, normaliser)], skipped)
     issues: list[DataIssue] = []
     shared = {
         f"{r['resourceType']}/{r['id']}": r
@@ -140,12 +141,27 @@ def normalise(record: PatientRecord, normaliser: Normaliser) -> Normalised:
     return Normalised(record.patient, bundle, codings, tuple(issues), aliases, tuple(skipped))
 
 
-def _well_formed(record: PatientRecord, skipped: list[DataIssue]) -> list[Json]:
-    """The record's resources whose elements the rules can read (see shapes.py); each other one
-    is reported by where it was read and left out, a Patient kept as its bare id, so that the
+def _may_be_read(resource: Json, normaliser: Normaliser) -> bool:
+    """Whether a rule may read the resource or a part of it. Most of a record is results and
+    diagnoses coded outside the study's value sets: they are left out before anything else
+    looks at them (the shapes of their other elements do not matter). One whose code cannot
+    be read at all is kept, to be reported."""
+    kind = resource["resourceType"]
+    if kind not in ("Observation", "Condition") or _readable(resource, normaliser):
+        return True
+    if element_problem(resource, "code"):
+        return True
+    return kind == "Observation" and bool(_readable_components(resource, normaliser))
+
+
+def _well_formed(
+    record: PatientRecord, resources: list[Json], skipped: list[DataIssue]
+) -> list[Json]:
+    """The resources whose elements the rules can read (see shapes.py); each other one is
+    reported by where it was read and left out, a Patient kept as its bare id, so that the
     rest of the record is still evaluated (with its demographics missing)."""
     kept: list[Json] = []
-    for resource in record.resources:
+    for resource in resources:
         problem = shape_problem(resource)
         if not problem:
             kept.append(resource)

@@ -16,7 +16,7 @@ from typing import Any
 
 from fhir_match.records import Json
 
-__all__ = ["shape_problem"]
+__all__ = ["element_problem", "shape_problem"]
 
 _LISTS_OF_OBJECTS = frozenset(
     {
@@ -89,24 +89,92 @@ def shape_problem(resource: Json) -> str:
     for element in _R5_ONLY.get(kind, ()):
         if element in resource:
             return f"{kind}.{element}: an R5 element (this is FHIR R4): {_R5_ONLY_WHY[element]}"
-    stack: list[tuple[str, Any, str]] = [(kind, resource, "")]
+    if "text" in resource and not isinstance(resource["text"], dict):
+        return f"{kind}.text: not a Narrative (an object)"
+    return _walk(kind, kind, resource, "")
+
+
+def element_problem(resource: Json, element: str) -> str:
+    """What is wrong with one element of ``resource`` (see shape_problem), or ""."""
+    kind = resource["resourceType"]
+    if element not in resource:
+        return ""
+    return _walk(kind, f"{kind}.{element}", resource[element], element)
+
+
+_Node = tuple[Any, "str | int", "_Node | None"]
+"""A container on the walk: its value, its name (an index in a list), and its parent."""
+
+
+def _walk(kind: str, path: str, value: Any, key: str) -> str:
+    """The first element from ``value`` down with a problem, named by its path. Only elements
+    with a rule are checked and only containers are stacked, and a path is spelled out only
+    for the element reported: this walk visits every element of most records."""
+    problem = _element_problem(kind, key, value) if value is None or _checked(key) else ""
+    if problem:
+        return f"{path}: {problem}"
+    stack: list[_Node] = [(value, key, None)]
     while stack:
-        path, value, key = stack.pop()
-        problem = _element_problem(kind, key, value)
-        if key == "text" and path == f"{kind}.text":
-            problem = "" if isinstance(value, dict) else "not a Narrative (an object)"
-        if problem:
-            return f"{path}: {problem}"
-        if isinstance(value, dict):
-            stack.extend((f"{path}.{k}", v, k) for k, v in value.items())
-        elif isinstance(value, list):
-            stack.extend((f"{path}[{i}]", v, "") for i, v in enumerate(value))
+        node = stack.pop()
+        container = node[0]
+        if isinstance(container, dict):
+            for name, item in container.items():
+                if item is None or (_checked(name) and not _plain_text(name, item)):
+                    problem = _element_problem(kind, name, item)
+                    if problem:
+                        return f"{_path(path, node)}.{name}: {problem}"
+                if isinstance(item, dict | list):
+                    stack.append((item, name, node))
+        elif isinstance(container, list):
+            for index, item in enumerate(container):
+                if item is None:
+                    return f"{_path(path, node)}[{index}]: null (FHIR JSON has no nulls)"
+                if isinstance(item, dict | list):
+                    stack.append((item, index, node))
     return ""
+
+
+def _path(root: str, node: _Node) -> str:
+    names: list[str] = []
+    current: _Node | None = node
+    while current is not None and current[2] is not None:
+        name = current[1]
+        names.append(f"[{name}]" if isinstance(name, int) else f".{name}")
+        current = current[2]
+    return root + "".join(reversed(names))
 
 
 _TEXT_OR_OBJECT = frozenset({"text", "code", "clinicalStatus", "verificationStatus"})
 """A code or a concept by element name; the statuses also as bare text, as STU3 wrote them."""
 _TEXT = frozenset({"system", "display", "version", "unit", "text", "status", "reference"})
+_CHECKED_NAMES = frozenset(
+    {
+        *_LISTS_OF_OBJECTS,
+        *_QUANTITIES,
+        *_TEXT,
+        *_TEXT_OR_OBJECT,
+        "valueInteger",
+        "valueDecimal",
+        "value",
+    }
+)
+_checked_names: dict[str, bool] = {}
+
+
+def _checked(key: str) -> bool:
+    """Whether an element of this name has a rule (remembered: records use few names)."""
+    known = _checked_names.get(key)
+    if known is None:
+        known = _checked_names[key] = key in _CHECKED_NAMES or _is_date_element(key)
+    return known
+
+
+_TEXT_ANYWAY = frozenset({*_TEXT, *_TEXT_OR_OBJECT, "value"})
+"""Names whose element is always right when it is text (most elements the walk checks)."""
+
+
+def _plain_text(name: str, item: Any) -> bool:
+    return isinstance(item, str) and name in _TEXT_ANYWAY
 
 
 def _element_problem(kind: str, key: str, value: Any) -> str:
