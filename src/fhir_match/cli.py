@@ -112,9 +112,10 @@ def cmd_screen(args: argparse.Namespace) -> int:
     translate_cql()
     normaliser = load_normaliser(study)
     engine = study_engine(study, normaliser, args.as_of)
-    # Written under another name until the run ends, so that a run that stops part way never
-    # leaves a file that looks complete.
-    partial = args.output.with_name(args.output.name + ".partial") if args.output else None
+    # A file is written under another name until the run ends, so that a run that stops part
+    # way never leaves one that looks complete (a pipe or a device is written as it goes).
+    to_file = args.output is not None and (args.output.is_file() or not args.output.exists())
+    partial = args.output.with_name(args.output.name + ".partial") if to_file else args.output
     output = open(partial, "w", encoding="utf-8") if partial else sys.stdout  # noqa: SIM115
     try:
         with engine:
@@ -122,7 +123,7 @@ def cmd_screen(args: argparse.Namespace) -> int:
     finally:
         if output is not sys.stdout:
             output.close()
-    if partial:
+    if to_file:
         partial.replace(args.output)
     print(summary.report(), file=sys.stderr)
     if args.summary:
