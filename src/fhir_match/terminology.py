@@ -85,6 +85,9 @@ _Rule = tuple[str, bool]
 _ASCII_WORD_EDGE = "[a-z0-9]"
 _NEVER = re.compile("(?!)")
 _CACHE_SIZE = 1 << 16
+_LONGEST_CACHED_CODE = 64
+"""Longer than any real code (SNOMED CT's are at most 18 digits): a hostile file's huge codes
+are looked up without being remembered, so the cache stays small."""
 
 
 @lru_cache(maxsize=1024)
@@ -149,6 +152,8 @@ class Terminology:
     def value_sets_of(self, system: str, code: str) -> frozenset[str]:
         """The urls of every value set that contains this coding, through is-a filters,
         included value sets and exclusions."""
+        if len(code) > _LONGEST_CACHED_CODE:  # no real code: not worth keeping in memory
+            return self._lookup(system, code)
         return self._cached(system, code)
 
     def _lookup(self, system: str, code: str) -> frozenset[str]:
