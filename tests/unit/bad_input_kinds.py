@@ -283,6 +283,24 @@ def _surrogate_name(case: Case) -> str:
     return case.raw(patient, "@raw", '"' + MARKER + '\\ud800"')
 
 
+def _long_drug_text(case: Case) -> list[str]:
+    """An extra drug use named by 1 MB of letters (no drug's name): linear to search."""
+    use = {
+        "resourceType": "MedicationStatement",
+        "id": f"{case.tag}-long",
+        "status": "active",
+        "subject": {"reference": case.patient},
+        "medicationCodeableConcept": {"text": "x" * 1_000_000},
+    }
+    return [*case.clone_lines(), dumps(use)]
+
+
+def _long_system(case: Case) -> list[str]:
+    """An extra result coded in a 1 MB system URI."""
+    coding = {"system": "http://snomed.info/sct/" + "9" * 1_000_000, "code": "1"}
+    return [*case.clone_lines(), dumps(case.obs(code={"coding": [coding]}, note="@drop"))]
+
+
 KINDS: tuple[Kind, ...] = (
     # values of the wrong type or out of range, in an extra platelet count
     _obs("platelet value true", valueQuantity={"value": True, "unit": "10*9/L"}),
@@ -783,6 +801,8 @@ KINDS: tuple[Kind, ...] = (
             ],
         ),
     ),
+    _read("a 1 MB drug text", lambda case: _lines(case, "a.ndjson", _long_drug_text(case))),
+    _read("a 1 MB code system", lambda case: _lines(case, "a.ndjson", _long_system(case))),
     _read(
         "a 1 MB note on an unread result",
         lambda case: _lines(
