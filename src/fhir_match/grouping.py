@@ -30,6 +30,8 @@ __all__ = ["group_by_patient", "group_located", "patient_of"]
 
 _PATIENT_FIELDS = ("subject", "patient", "individual", "beneficiary")
 _BATCH_ROWS = 5000
+_REFS_PER_QUERY = 500
+"""References looked up per query: SQLite limits the parameters of one statement."""
 _BY_IDENTIFIER = "identifier:"
 """Owner key of a record that names its patient by identifier only, resolved after reading."""
 
@@ -259,10 +261,12 @@ def _record(
     conflicts: set[str],
 ) -> PatientRecord:
     wanted = sorted(r for r in references if not r.startswith("Patient/") and r not in conflicts)
-    attached: list[Json] = []
-    if wanted:
-        marks = ",".join("?" * len(wanted))
-        query = f"SELECT body FROM shared WHERE ref IN ({marks}) ORDER BY ref"  # noqa: S608
-        attached = [loads(body) for (body,) in db.execute(query, wanted)]
+    found: list[tuple[str, bytes]] = []
+    for start in range(0, len(wanted), _REFS_PER_QUERY):
+        chunk = wanted[start : start + _REFS_PER_QUERY]
+        marks = ",".join("?" * len(chunk))
+        query = f"SELECT ref, body FROM shared WHERE ref IN ({marks})"  # noqa: S608
+        found.extend(db.execute(query, chunk))
+    attached = [loads(body) for _, body in sorted(found)]
     where = {ref: origin for ref, (_, origin) in origins.items()}
     return PatientRecord(patient, (*resources, *attached), where)

@@ -295,6 +295,13 @@ def _long_drug_text(case: Case) -> list[str]:
     return [*case.clone_lines(), dumps(use)]
 
 
+def _many_references(case: Case) -> list[str]:
+    """An extra, unread result citing 40,000 results (more than one query may look up)."""
+    members = [{"reference": f"Observation/{case.tag}-m{i}"} for i in range(40_000)]
+    panel = case.obs(code={"text": "panel"}, hasMember=members, note="@drop")
+    return [*case.clone_lines(), dumps(panel)]
+
+
 def _long_system(case: Case) -> list[str]:
     """An extra result coded in a 1 MB system URI."""
     coding = {"system": "http://snomed.info/sct/" + "9" * 1_000_000, "code": "1"}
@@ -800,6 +807,10 @@ KINDS: tuple[Kind, ...] = (
                 ),
             ],
         ),
+    ),
+    _read(
+        "a result citing 40,000 others",
+        lambda case: _lines(case, "a.ndjson", _many_references(case)),
     ),
     _read("a 1 MB drug text", lambda case: _lines(case, "a.ndjson", _long_drug_text(case))),
     _read("a 1 MB code system", lambda case: _lines(case, "a.ndjson", _long_system(case))),
