@@ -14,6 +14,7 @@ with different content.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -29,6 +30,8 @@ from fhir_match.records import RECORD_TYPES, DataIssue, Json, PatientRecord
 __all__ = ["group_by_patient", "group_located", "patient_of"]
 
 _PATIENT_FIELDS = ("subject", "patient", "individual", "beneficiary")
+_PATIENT_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+"""A FHIR id, as a reference to a Patient must end in."""
 _BATCH_ROWS = 5000
 _REFS_PER_QUERY = 500
 """References looked up per query: SQLite limits the parameters of one statement."""
@@ -64,8 +67,8 @@ def _owner(resource: Json) -> str | None:
 
 
 def _referenced_owner(reference: str) -> str:
-    if reference.startswith("Patient/") and reference.count("/") == 1:
-        return reference
+    if reference.startswith("Patient/"):
+        return reference if _PATIENT_ID.fullmatch(reference, len("Patient/")) else ""
     if reference.startswith("Patient?identifier=") and "&" not in reference:
         token = unquote(reference.removeprefix("Patient?identifier="))
         return f"{_BY_IDENTIFIER}{token.removeprefix('|') if token.startswith('|') else token}"

@@ -418,6 +418,8 @@ KINDS: tuple[Kind, ...] = (
         subject={"reference": "Patient?identifier=x|y&name=z"},
     ),
     _obs("subject a string", subject="Patient/x"),
+    _obs("subject an empty Patient id", subject={"reference": "Patient/"}),
+    _obs("subject a Patient id with a space", subject={"reference": f"Patient/a {MARKER}"}),
     _obs("subject a list", subject=[{"reference": "Patient/x"}]),
     _obs("no subject", subject="@drop"),
     _skip_poison(
