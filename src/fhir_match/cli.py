@@ -122,21 +122,31 @@ def cmd_screen(args: argparse.Namespace) -> int:
     """Screen patients in FHIR files against a study's criteria; one JSON line per patient."""
     from fhir_match.evaluate.engine import translate_cql
     from fhir_match.evaluate.study import load_study
-    from fhir_match.screen import load_normaliser, screen, study_engine
+    from fhir_match.screen import load_normaliser, path_problem, screen, study_engine
 
+    for written in (args.output, args.summary):
+        if written is not None and (problem := path_problem(written, args.input)):
+            fatal(problem, EXIT_CONFIG)
+    for path in args.input:
+        if not path.exists():
+            fatal(f"no such file or folder: {path}", EXIT_CONFIG)
     study = load_study(args.study)
     translate_cql()
     normaliser = load_normaliser(study)
     engine = study_engine(study, normaliser, args.as_of)
-    output = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+    # A file is written under another name until the run ends, so that a run that stops part
+    # way never leaves one that looks complete (a pipe or a device is written as it goes).
+    to_file = args.output is not None and (args.output.is_file() or not args.output.exists())
+    partial = args.output.with_name(args.output.name + ".partial") if to_file else args.output
+    output = open(partial, "w", encoding="utf-8") if partial else sys.stdout  # noqa: SIM115
     try:
         with engine:
             summary = screen(args.input, study, args.as_of, normaliser, engine, output)
-    except FileNotFoundError as exc:
-        fatal(str(exc), EXIT_CONFIG)
     finally:
         if output is not sys.stdout:
             output.close()
+    if to_file:
+        partial.replace(args.output)
     print(summary.report(), file=sys.stderr)
     if args.summary:
         args.summary.write_text(json.dumps(summary.as_json(), indent=2) + "\n", encoding="utf-8")

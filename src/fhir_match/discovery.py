@@ -225,7 +225,7 @@ def _evaluate_and_write(
     report.outcomes.update(e.outcome for e in result.evaluations)
     report.removed.update(removals(result.evaluations))
     report.failures.extend(result.failures)
-    report.unused += len(result.issues)
+    report.unused += len(result.issues) + len(result.skipped)
     existing = _our_subjects([r for record in records for r in record.resources], study)
     evaluations = {e.patient: e for e in result.evaluations}
     report.written.add(_write(client, setup, study_ref, run, evaluations, existing))

@@ -7,12 +7,15 @@ line that cannot be read becomes a DataIssue, and reading goes on with the next 
 
 from __future__ import annotations
 
+import codecs
 import gzip
-import json
+import os
 import re
+import stat
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -20,67 +23,169 @@ from fhir_match.records import DataIssue, Json
 
 __all__ = [
     "FHIR_SUFFIXES",
+    "Located",
     "fhir_files",
     "loads",
     "localise_references",
     "map_references",
+    "read_located",
     "read_resources",
-    "read_text_resources",
     "references_in_text",
 ]
 
 FHIR_SUFFIXES = (".json", ".ndjson", ".jsonl", ".json.gz", ".ndjson.gz", ".jsonl.gz")
 _LOCAL_REF = re.compile(r"(?:^|/)([A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
 _REFERENCE = re.compile(r'"reference"\s*:\s*"([^"\\]*)"')
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
 OnIssue = Callable[[DataIssue], None]
 
 
+class Located(NamedTuple):
+    """A resource and where it was read (``file:line``, ``file entry 3``): what a DataIssue
+    about it names, as its content may not be shown."""
+
+    resource: Json
+    where: str
+
+
 def fhir_files(path: Path) -> list[Path]:
-    """The FHIR files at ``path``: the file itself, or every FHIR file below a folder, sorted."""
+    """The FHIR files at ``path``: the file itself, or every entry with a FHIR file name below a
+    folder, sorted, sub-folders behind symbolic links included (each folder once, so a link
+    loop ends) and each file once. Entries that may not be readable (a dangling link, a FIFO)
+    are listed too: reading reports them."""
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"no such file or folder: {path}")
-    return sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(FHIR_SUFFIXES))
-
-
-def _open(path: Path) -> IO[str]:
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
+    found: dict[str, Path] = {}
+    seen_folders: set[tuple[int, int]] = set()
+    for folder, subfolders, names in os.walk(path, followlinks=True):
+        info = os.stat(folder)
+        if (info.st_dev, info.st_ino) in seen_folders:
+            subfolders.clear()
+            continue
+        seen_folders.add((info.st_dev, info.st_ino))
+        for name in names:
+            if name.endswith(FHIR_SUFFIXES):
+                entry = Path(folder) / name
+                found.setdefault(os.path.realpath(entry), entry)
+    return sorted(found.values())
 
 
 def read_resources(paths: Iterable[Path], on_issue: OnIssue) -> Iterator[Json]:
     """Every resource in ``paths``, Bundles unpacked, in file order."""
+    for located in read_located(paths, on_issue):
+        yield located.resource
+
+
+def read_located(paths: Iterable[Path], on_issue: OnIssue) -> Iterator[Located]:
+    """Every resource in ``paths`` with where it was read, Bundles unpacked, in file order.
+    A file that cannot be read, or stops being readable part way (a truncated or corrupt
+    gzip), costs what could not be read, and is reported."""
     for path in paths:
+        problem = _not_a_regular_file(path)
+        if problem:
+            on_issue(DataIssue(str(path), f"cannot read file: {problem}"))
+            continue
+        ndjson = path.name.removesuffix(".gz").endswith((".ndjson", ".jsonl"))
         try:
             with _open(path) as stream:
-                ndjson = path.name.removesuffix(".gz").endswith((".ndjson", ".jsonl"))
-                yield from read_text_resources(stream, str(path), ndjson, on_issue)
-        except (OSError, UnicodeDecodeError, EOFError) as exc:
-            on_issue(DataIssue(str(path), f"cannot read file: {type(exc).__name__}: {exc}"))
+                if ndjson:
+                    yield from _lines(stream, str(path), on_issue)
+                else:
+                    yield from _whole(stream.read(), str(path), on_issue)
+        except (OSError, EOFError, zlib.error) as exc:
+            on_issue(DataIssue(str(path), f"cannot read file (further): {_os_reason(exc)}"))
 
 
-def read_text_resources(
-    stream: IO[str], name: str, ndjson: bool, on_issue: OnIssue
-) -> Iterator[Json]:
-    """The resources in one text stream: one JSON document, or one per line (NDJSON)."""
-    if not ndjson:
-        yield from _document(stream.read(), name, on_issue)
+def _not_a_regular_file(path: Path) -> str:
+    """Why ``path`` cannot be opened for reading without risk (a FIFO would block), or ""."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        return _os_reason(exc)
+    return "" if stat.S_ISREG(mode) else "not a regular file"
+
+
+def _os_reason(exc: BaseException) -> str:
+    """An OS or compression error in words of our own: without the file name (the issue names
+    the file) and without the bytes some gzip errors quote."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, EOFError):
+        return "the compressed data ends too early (truncated)"
+    return "not gzip, or corrupt gzip data"
+
+
+def _open(path: Path) -> Any:
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rb")
+    return path.open("rb")
+
+
+def _lines(stream: Any, name: str, on_issue: OnIssue) -> Iterator[Located]:
+    """NDJSON: one resource per line; a line that is not UTF-8 costs that line only."""
+    first = stream.readline()
+    if first.startswith(_UTF16_BOMS):
+        text = _decoded(first + stream.read(), name, on_issue)
+        if text is not None:
+            yield from _text_lines(text.splitlines(), name, on_issue)
         return
-    for number, line in enumerate(stream, start=1):
+    number = 0
+    for number, line in enumerate(_chain(first, stream), start=1):
+        if line.strip():
+            yield from _line(line, number, name, on_issue)
+
+
+def _chain(first: bytes, stream: Iterable[bytes]) -> Iterator[bytes]:
+    yield first.removeprefix(codecs.BOM_UTF8)
+    yield from stream
+
+
+def _text_lines(lines: list[str], name: str, on_issue: OnIssue) -> Iterator[Located]:
+    for number, line in enumerate(lines, start=1):
         if line.strip():
             yield from _document(line, f"{name}:{number}", on_issue)
 
 
-def loads(text: str | bytes) -> Any:
-    """JSON by orjson (several times faster than json); what orjson refuses (invalid JSON, NaN)
-    goes to json, which accepts what it always did and says where the error is."""
+def _line(line: bytes, number: int, name: str, on_issue: OnIssue) -> Iterator[Located]:
     try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return json.loads(text)
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        on_issue(DataIssue(f"{name}:{number}", "not UTF-8 text (FHIR JSON is UTF-8)"))
+        return
+    yield from _document(text, f"{name}:{number}", on_issue)
+
+
+def _whole(data: bytes, name: str, on_issue: OnIssue) -> Iterator[Located]:
+    text = _decoded(data, name, on_issue)
+    if text is not None:
+        yield from _document(text, name, on_issue)
+
+
+def _decoded(data: bytes, name: str, on_issue: OnIssue) -> str | None:
+    """The text of a file: UTF-8 (a byte order mark dropped), or UTF-16 when it starts with
+    one's byte order mark; anything else is reported at its first bad line, not guessed."""
+    if data.startswith(_UTF16_BOMS):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError:
+            on_issue(DataIssue(name, "not valid UTF-16 text after a UTF-16 byte order mark"))
+            return None
+    try:
+        return data.removeprefix(codecs.BOM_UTF8).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        on_issue(DataIssue(f"{name}:{line}", "not UTF-8 text (FHIR JSON is UTF-8)"))
+        return None
+
+
+def loads(text: str | bytes) -> Any:
+    """JSON by orjson, which also refuses what FHIR JSON may not hold and later stages could
+    not write back: NaN, numbers beyond a double, lone surrogates, nesting beyond 1024."""
+    return orjson.loads(text)
 
 
 def references_in_text(text: str | bytes) -> list[str] | None:
@@ -95,40 +200,57 @@ def references_in_text(text: str | bytes) -> list[str] | None:
     return found if len(found) == text.count('"reference"') else None
 
 
-def _document(text: str, where: str, on_issue: OnIssue) -> Iterator[Json]:
+_MAX_DEPTH = 64
+"""Deeper than any FHIR resource nests (contained resources and extensions included); deeper
+documents are refused before anything walks them."""
+
+
+def _document(text: str, where: str, on_issue: OnIssue) -> Iterator[Located]:
     try:
         data = loads(text)
-    except json.JSONDecodeError as exc:
-        on_issue(
-            DataIssue(where, f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
-        )
+    except orjson.JSONDecodeError as exc:
+        on_issue(DataIssue(where, f"invalid JSON: {exc}"))
         return
     problem = _not_a_resource(data)
     if problem:
         on_issue(DataIssue(where, problem))
+    elif text.count("[") + text.count("{") > _MAX_DEPTH and _too_deep(data):
+        on_issue(DataIssue(where, f"nested deeper than {_MAX_DEPTH} levels: not FHIR"))
     elif data["resourceType"] == "Bundle":
         yield from _bundle(data, where, on_issue)
     elif _all_local(text):
-        yield data  # localising would change nothing: the resource is not walked
+        yield Located(data, where)  # localising would change nothing: the resource is not walked
     else:
-        yield localise_references(data, {})
+        yield Located(localise_references(data, {}), where)
+
+
+def _too_deep(data: Any) -> bool:
+    """Whether ``data`` nests deeper than _MAX_DEPTH; walked with a stack, not recursion."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
 
 
 def _not_a_resource(data: Any) -> str:
     if not isinstance(data, dict):
         return f"not a FHIR resource: a JSON {type(data).__name__}, not an object"
     kind = data.get("resourceType")
-    if not isinstance(kind, str) or not kind[:1].isupper():
+    if not isinstance(kind, str) or not re.fullmatch(r"[A-Z][A-Za-z]{1,63}", kind):
         return "not a FHIR resource: no resourceType"
     resource_id = data.get("id")
     if resource_id is not None and not (
-        isinstance(resource_id, str) and re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", resource_id)
+        isinstance(resource_id, str) and _ID.fullmatch(resource_id)
     ):
         return f"invalid {kind}.id (FHIR ids are 1-64 letters, digits, '-' and '.')"
     return ""
 
 
-def _bundle(bundle: Json, where: str, on_issue: OnIssue) -> Iterator[Json]:
+def _bundle(bundle: Json, where: str, on_issue: OnIssue) -> Iterator[Located]:
     """Unpack a Bundle of any type; give id-less entries the id of their ``urn:uuid:`` full URL
     and rewrite references to full URLs into local ``Type/id`` references."""
     entries = bundle.get("entry") or []
@@ -147,8 +269,9 @@ def _bundle(bundle: Json, where: str, on_issue: OnIssue) -> Iterator[Json]:
             continue
         full_url = entry.get("fullUrl")
         if isinstance(full_url, str):
-            if "id" not in resource and full_url.startswith("urn:uuid:"):
-                resource["id"] = full_url.removeprefix("urn:uuid:")
+            uuid = full_url.removeprefix("urn:uuid:")
+            if "id" not in resource and full_url != uuid and _ID.fullmatch(uuid):
+                resource["id"] = uuid
             if "id" in resource:
                 aliases[full_url] = f"{resource['resourceType']}/{resource['id']}"
         resources.append((index, resource))
@@ -156,7 +279,7 @@ def _bundle(bundle: Json, where: str, on_issue: OnIssue) -> Iterator[Json]:
         if resource["resourceType"] == "Bundle":
             yield from _bundle(resource, f"{where} entry {index}", on_issue)
         else:
-            yield localise_references(resource, aliases)
+            yield Located(localise_references(resource, aliases), f"{where} entry {index}")
 
 
 def map_references(value: Any, change: Callable[[str], str]) -> Any:

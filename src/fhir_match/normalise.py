@@ -38,6 +38,7 @@ from typing import Any
 import orjson
 
 from fhir_match.records import DataIssue, Json, PatientRecord
+from fhir_match.shapes import element_problem, shape_problem
 from fhir_match.terminology import (
     DRUG_NAME,
     HIERARCHICAL_SYSTEMS,
@@ -95,16 +96,20 @@ class Normalised:
     issues: tuple[DataIssue, ...]
     aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """References made here that stand for a resource of the record: evidence names that one."""
+    skipped: tuple[DataIssue, ...] = ()
+    """Resources left out because an element has a type or range the rules cannot read."""
 
 
 def normalise(record: PatientRecord, normaliser: Normaliser) -> Normalised:
-    originals = [_with_clean_codings(r) for r in record.resources]
+    skipped: list[DataIssue] = []
+    cleaned = (_with_clean_codings(r) for r in record.resources)
+    originals = _well_formed(record, [r for r in cleaned if _may_be_read(r, normaliser)], skipped)
+    issues: list[DataIssue] = []
     shared = {
         f"{r['resourceType']}/{r['id']}": r
         for r in originals
         if r["resourceType"] in ("Medication", "Substance") and "id" in r
     }
-    issues: list[DataIssue] = []
     resources: list[Json] = []
     aliases: dict[str, str] = {}
     for original in originals:
@@ -115,14 +120,16 @@ def normalise(record: PatientRecord, normaliser: Normaliser) -> Normalised:
         elif kind == "AllergyIntolerance":
             resource = _allergy_named(resource, normaliser.terminology)
         elif kind == "Observation" and not _readable(resource, normaliser):
+            where = record.where(f"Observation/{resource.get('id', '?')}")
             parts = [
-                _with_value_read(part, normaliser, issues)
+                _with_value_read(part, normaliser, issues, where)
                 for part in _readable_components(resource, normaliser)
             ]
             resources.extend(_told_apart(parts, aliases))
             continue
         elif kind == "Observation":
-            resource = _with_value_read(resource, normaliser, issues)
+            where = record.where(f"Observation/{resource.get('id', '?')}")
+            resource = _with_value_read(resource, normaliser, issues, where)
         if _readable(resource, normaliser):
             resources.append(resource)
     codings = frozenset().union(*(_hierarchical_codings(r) for r in resources if _may_nest(r)))
@@ -131,7 +138,39 @@ def normalise(record: PatientRecord, normaliser: Normaliser) -> Normalised:
         "type": "collection",
         "entry": [{"resource": r} for r in resources],
     }
-    return Normalised(record.patient, bundle, codings, tuple(issues), aliases)
+    return Normalised(record.patient, bundle, codings, tuple(issues), aliases, tuple(skipped))
+
+
+def _may_be_read(resource: Json, normaliser: Normaliser) -> bool:
+    """Whether a rule may read the resource or a part of it. Most of a record is results and
+    diagnoses coded outside the study's value sets: they are left out before anything else
+    looks at them (the shapes of their other elements do not matter). One whose code cannot
+    be read at all is kept, to be reported."""
+    kind = resource["resourceType"]
+    if kind not in ("Observation", "Condition") or _readable(resource, normaliser):
+        return True
+    if element_problem(resource, "code"):
+        return True
+    return kind == "Observation" and bool(_readable_components(resource, normaliser))
+
+
+def _well_formed(
+    record: PatientRecord, resources: list[Json], skipped: list[DataIssue]
+) -> list[Json]:
+    """The resources whose elements the rules can read (see shapes.py); each other one is
+    reported by where it was read and left out, a Patient kept as its bare id, so that the
+    rest of the record is still evaluated (with its demographics missing)."""
+    kept: list[Json] = []
+    for resource in resources:
+        problem = shape_problem(resource)
+        if not problem:
+            kept.append(resource)
+            continue
+        reference = f"{resource['resourceType']}/{resource.get('id', '?')}"
+        skipped.append(DataIssue(record.where(reference), f"not used: {problem}"))
+        if resource["resourceType"] == "Patient":
+            kept.append({"resourceType": "Patient", "id": resource["id"]})
+    return kept
 
 
 _SYSTEM = re.compile(rb'"system":"([^"\\]*)"')
@@ -286,7 +325,8 @@ def _told_apart(parts: list[Json], aliases: dict[str, str]) -> list[Json]:
 def _codings(concept: Any) -> list[Json]:
     if not isinstance(concept, dict):
         return []
-    return [c for c in concept.get("coding") or [] if isinstance(c, dict)]
+    codings = concept.get("coding")
+    return [c for c in codings if isinstance(c, dict)] if isinstance(codings, list) else []
 
 
 def _with_drug_concept(use: Json, shared: dict[str, Json], terminology: Terminology) -> Json:
@@ -328,7 +368,8 @@ def _referenced_concept(reference: Any, holder: Json, shared: dict[str, Json]) -
 
 
 def _contained(resource: Json, local_id: str) -> Json | None:
-    for inner in resource.get("contained") or []:
+    contained = resource.get("contained")
+    for inner in contained if isinstance(contained, list) else []:
         if isinstance(inner, dict) and inner.get("id") == local_id:
             return inner
     return None
@@ -340,7 +381,8 @@ def _medication_concept(medication: Json, shared: dict[str, Json]) -> Json:
     code: Json = medication["code"] if isinstance(medication.get("code"), dict) else {}
     codings = list(_codings(code))
     texts: list[str] = [code["text"]] if isinstance(code.get("text"), str) else []
-    for ingredient in medication.get("ingredient") or []:
+    ingredients = medication.get("ingredient")
+    for ingredient in ingredients if isinstance(ingredients, list) else []:
         if not isinstance(ingredient, dict):
             continue
         item = ingredient.get("itemCodeableConcept")
@@ -375,7 +417,7 @@ def _named(concept: Json, terminology: Terminology) -> Json:
     for text in texts:
         if isinstance(text, str) and text:
             names |= terminology.drug_names_in(text)
-    names -= {c.get("code") for c in codings if c.get("system") == DRUG_NAME}
+    names -= {str(c.get("code")) for c in codings if c.get("system") == DRUG_NAME}
     if not names:
         return concept
     added = [{"system": DRUG_NAME, "code": name} for name in sorted(names)]
@@ -411,14 +453,21 @@ def _is_platelet_count(observation: Json, normaliser: Normaliser) -> bool:
 
 _COUNT_TEXT = re.compile(r"\s*(<=|>=|<|>|≤|≥)?\s*(\d+(?:\.\d+)?)\s*(.*?)\s*")
 _COMPARATORS = {"≤": "<=", "≥": ">="}
+_LONGEST_RESULT_TEXT = 64
+"""A result written as text longer than this is not a number with a unit: left as text."""
+_LONGEST_NUMBER = 19
+"""Digits (and point) of a number read from text: CQL's Decimal holds 20 before the point."""
+_DECIMAL_LIMIT = 10**20
 
 
 def _quantity_from_text(text: str) -> Json | None:
     """A count written as text ("<10", "85 K/uL", "85") as a Quantity; None if it is no number."""
-    match = _COUNT_TEXT.fullmatch(text)
+    match = _COUNT_TEXT.fullmatch(text) if len(text) <= _LONGEST_RESULT_TEXT else None
     if match is None:
         return None
     comparator, number, unit = match.groups()
+    if len(number) > _LONGEST_NUMBER:
+        return None
     quantity: Json = {"value": _json_number(Decimal(number))}
     if comparator:
         quantity["comparator"] = _COMPARATORS.get(comparator, comparator)
@@ -427,12 +476,14 @@ def _quantity_from_text(text: str) -> Json | None:
     return quantity
 
 
-def _with_value_read(observation: Json, normaliser: Normaliser, issues: list[DataIssue]) -> Json:
+def _with_value_read(
+    observation: Json, normaliser: Normaliser, issues: list[DataIssue], where: str
+) -> Json:
     """A platelet count in the canonical unit; another result written as text that is a number
     with a plain unit ("35%", "<5 mIU/mL", "2") as a Quantity, so the rules read it like one.
     Text with digits beyond the number ("55-60%", "II-III") stays text."""
     if _is_platelet_count(observation, normaliser):
-        return _platelets_in_canonical_unit(observation, normaliser.platelet_units, issues)
+        return _platelets_in_canonical_unit(observation, normaliser.platelet_units, issues, where)
     text = observation.get("valueString")
     if not isinstance(text, str) or not _readable(observation, normaliser):
         return observation
@@ -445,14 +496,13 @@ def _with_value_read(observation: Json, normaliser: Normaliser, issues: list[Dat
 
 
 def _platelets_in_canonical_unit(
-    observation: Json, units: UnitMap, issues: list[DataIssue]
+    observation: Json, units: UnitMap, issues: list[DataIssue], where: str
 ) -> Json:
-    where = f"Observation/{observation.get('id', '?')}"
     text = observation.get("valueString")
     if isinstance(text, str):
         parsed = _quantity_from_text(text)
         if parsed is None:
-            issues.append(DataIssue(where, f"platelet count not used: {text!r} is not a number"))
+            issues.append(DataIssue(where, "platelet count not used: its text is not a number"))
             return observation
         observation = {k: v for k, v in observation.items() if k != "valueString"}
         observation["valueQuantity"] = parsed
@@ -466,7 +516,7 @@ def _platelets_in_canonical_unit(
     value = quantity.get("value")
     converted = normalise_quantity(
         units,
-        value if isinstance(value, int | float) else None,
+        value if isinstance(value, int | float) and not isinstance(value, bool) else None,
         quantity.get("unit"),
         quantity.get("code"),
         quantity.get("system"),
@@ -476,6 +526,9 @@ def _platelets_in_canonical_unit(
         if converted.kind == "missing-unit":
             # Keep it visible to the rules as unconvertible rather than unit-less.
             return {**observation, "valueQuantity": {**quantity, "unit": "(no unit)"}}
+        return observation
+    if abs(converted) >= _DECIMAL_LIMIT:
+        issues.append(DataIssue(where, "platelet count not used: beyond what CQL's Decimal holds"))
         return observation
     canonical = {
         "value": _json_number(converted),

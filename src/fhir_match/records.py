@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = [
@@ -58,6 +59,14 @@ class PatientRecord:
     patient: str
     """The patient's reference, ``Patient/<id>``."""
     resources: tuple[Json, ...]
+    origins: Mapping[str, str] = field(default_factory=dict)
+    """Where each of the patient's own resources was read (``Observation/1`` ->
+    ``obs.ndjson:7``), so that an issue about one can name its file and line."""
+
+    def where(self, reference: str) -> str:
+        """A resource named for an issue: where it was read, and its reference."""
+        origin = self.origins.get(reference)
+        return f"{origin} {reference}" if origin and origin != reference else reference
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ from fhir_match.config import PROJECT_DIR
 from fhir_match.evaluate.engine import CqlEvaluator, NodeCqlEngine, value_sets_used
 from fhir_match.evaluate.evaluator import evaluate_batch
 from fhir_match.evaluate.study import Study
-from fhir_match.files import fhir_files, read_resources
+from fhir_match.files import FHIR_SUFFIXES, fhir_files, read_located
 from fhir_match.funnel import Funnel, removed_by
-from fhir_match.grouping import group_by_patient
+from fhir_match.grouping import group_located
 from fhir_match.normalise import Normaliser
 from fhir_match.records import CriterionResult, DataIssue, PatientEvaluation, PatientRecord
 from fhir_match.terminology import Terminology, load_terminology
@@ -36,6 +36,7 @@ __all__ = [
     "criterion_json",
     "evaluation_json",
     "load_normaliser",
+    "path_problem",
     "screen",
     "study_engine",
 ]
@@ -168,6 +169,23 @@ def evaluation_json(evaluation: PatientEvaluation) -> dict[str, object]:
     }
 
 
+def path_problem(written: Path, inputs: Sequence[Path]) -> str:
+    """Why a file the run writes cannot be written there, checked before anything is read: its
+    folder is missing, it is a folder, or it is one of the inputs (or would be read as one)."""
+    if not written.parent.is_dir():
+        return f"cannot write {written}: no such folder {written.parent}"
+    if written.is_dir():
+        return f"cannot write {written}: it is a folder"
+    target = written.resolve()
+    for path in inputs:
+        source = path.resolve()
+        if target == source:
+            return f"cannot write {written}: it is the input {path}"
+        if source.is_dir() and source in target.parents and written.name.endswith(FHIR_SUFFIXES):
+            return f"cannot write {written}: it would be read as an input, inside {path}"
+    return ""
+
+
 def _batches(records: Iterable[PatientRecord], size: int) -> Iterator[list[PatientRecord]]:
     iterator = iter(records)
     while batch := list(islice(iterator, size)):
@@ -187,14 +205,15 @@ def screen(
     started = time.perf_counter()
     summary = ScreenSummary(study)
     paths = [p for path in inputs for p in fhir_files(path)]
-    resources = read_resources(paths, summary.skipped.append)
-    for batch in _batches(group_by_patient(resources), BATCH_SIZE):
+    resources = read_located(paths, summary.skipped.append)
+    for batch in _batches(group_located(resources, summary.skipped.append), BATCH_SIZE):
         result = evaluate_batch(batch, study, as_of, normaliser, engine)
         for evaluation in result.evaluations:
             output.write(json.dumps(evaluation_json(evaluation), ensure_ascii=False) + "\n")
             summary.add(evaluation)
         summary.failures.extend(result.failures)
         summary.unused.extend(result.issues)
+        summary.skipped.extend(result.skipped)
         progress(summary.patients + len(summary.failures))
     summary.seconds = time.perf_counter() - started
     return summary

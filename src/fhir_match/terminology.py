@@ -85,6 +85,9 @@ _Rule = tuple[str, bool]
 _ASCII_WORD_EDGE = "[a-z0-9]"
 _NEVER = re.compile("(?!)")
 _CACHE_SIZE = 1 << 16
+_LONGEST_CACHED_CODE = 64
+"""Longer than any real code (SNOMED CT's are at most 18 digits): a hostile file's huge codes
+are looked up without being remembered, so the cache stays small."""
 
 
 @lru_cache(maxsize=1024)
@@ -136,21 +139,28 @@ class Terminology:
     _names: Mapping[str, frozenset[str]] = field(repr=False)
     _patterns: tuple[tuple[re.Pattern[str], str], ...] = field(repr=False)
     _cached: Callable[[str, str], frozenset[str]] = field(init=False, repr=False)
+    _longest_prefix: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         # Patients share most of their codes, so remembered answers serve most lookups.
         object.__setattr__(self, "_cached", lru_cache(maxsize=_CACHE_SIZE)(self._lookup))
+        # A code's prefixes are looked up only as far as the longest filter root: a very long
+        # code costs no more than a short one.
+        longest = max((len(code) for _, code in self._prefix), default=0)
+        object.__setattr__(self, "_longest_prefix", longest)
 
     def value_sets_of(self, system: str, code: str) -> frozenset[str]:
         """The urls of every value set that contains this coding, through is-a filters,
         included value sets and exclusions."""
+        if len(code) > _LONGEST_CACHED_CODE:  # no real code: not worth keeping in memory
+            return self._lookup(system, code)
         return self._cached(system, code)
 
     def _lookup(self, system: str, code: str) -> frozenset[str]:
         norm = _normalise(system, code)
         rules = list(self._exact.get((system, norm), ()))
         if system in HIERARCHICAL_SYSTEMS:
-            for end in range(1, len(norm) + 1):
+            for end in range(1, min(len(norm), self._longest_prefix) + 1):
                 rules.extend(self._prefix.get((system, norm[:end]), ()))
         included = {url for url, is_exclude in rules if not is_exclude}
         if not included:

@@ -52,7 +52,8 @@ class UnitMap:
 
 @dataclass(frozen=True)
 class UnitProblem:
-    """Why a quantity was not converted; `str()` gives the line for a summary."""
+    """Why a quantity was not converted; `str()` gives the line for a summary, which does not
+    quote the unit (record text may be anything)."""
 
     kind: Literal["missing-value", "missing-unit", "unknown-unit"]
     unit: str = ""
@@ -62,7 +63,7 @@ class UnitProblem:
             return "no value"
         if self.kind == "missing-unit":
             return "no unit"
-        return f"unit {self.unit!r} is not a known unit for this test"
+        return "its unit is not a known unit for this test"
 
 
 def _fold(spelling: str) -> str:

@@ -87,7 +87,7 @@ def test_platelets_are_converted_or_reported(normaliser: Normaliser) -> None:
         }
     assert kept["Observation/c"]["valueQuantity"]["unit"] == "mg"
     assert issues == [
-        "Observation/c: platelet count not used: unit 'mg' is not a known unit for this test",
+        "Observation/c: platelet count not used: its unit is not a known unit for this test",
         "Observation/d: platelet count not used: no unit",
     ]
 
@@ -214,7 +214,7 @@ def test_platelet_counts_written_as_text_or_in_a_panel(normaliser: Normaliser) -
     assert cbc["valueQuantity"]["value"] == 45
     assert cbc["effectiveDateTime"] == "2026-05-01"
     assert "component" not in cbc
-    assert issues == ["Observation/words: platelet count not used: 'clumped' is not a number"]
+    assert issues == ["Observation/words: platelet count not used: its text is not a number"]
 
 
 def test_statuses_are_folded_to_their_codes(normaliser: Normaliser) -> None:

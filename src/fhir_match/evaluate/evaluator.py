@@ -7,6 +7,7 @@ CriterionResults and an outcome. It does no I/O of its own beyond driving the en
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -15,7 +16,7 @@ from typing import Any
 from fhir_match.evaluate.eligibility import outcome
 from fhir_match.evaluate.engine import CqlEvaluator, JsonValue, PatientFailure
 from fhir_match.evaluate.study import Study
-from fhir_match.normalise import Normaliser, normalise
+from fhir_match.normalise import Normalised, Normaliser, normalise
 from fhir_match.records import CriterionResult, DataIssue, PatientEvaluation, PatientRecord
 
 __all__ = ["BatchResult", "evaluate_batch", "patient_shell"]
@@ -31,6 +32,8 @@ class BatchResult:
     """Patients the engine could not evaluate: their reference and the engine's reason."""
     issues: tuple[DataIssue, ...]
     """Data that was read but not used (e.g. a platelet count in an unknown unit)."""
+    skipped: tuple[DataIssue, ...] = ()
+    """Resources left out: an element of a type or range the rules cannot read."""
 
 
 def patient_shell(record: PatientRecord) -> PatientRecord:
@@ -49,7 +52,18 @@ def evaluate_batch(
     normaliser: Normaliser,
     engine: CqlEvaluator,
 ) -> BatchResult:
-    normalised = [normalise(patient_shell(record), normaliser) for record in records]
+    failures: list[DataIssue] = []
+    normalised: list[Normalised] = []
+    readable: list[PatientRecord] = []
+    for record in records:
+        try:
+            normalised.append(normalise(patient_shell(record), normaliser))
+        except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:
+            # A shape shapes.py does not know: this patient only, named without the data.
+            reason = f"not evaluated: normalising failed ({type(exc).__name__})"
+            failures.append(DataIssue(record.where(record.patient), reason))
+            continue
+        readable.append(record)
     codings = frozenset().union(*(n.hierarchical_codings for n in normalised))
     additions = normaliser.terminology.hierarchy_additions(codings)
     if additions:
@@ -57,10 +71,10 @@ def evaluate_batch(
     ids = [c.id for c in study.criteria]
     answers = engine.evaluate([n.bundle for n in normalised], ids)
     evaluations: list[PatientEvaluation] = []
-    failures: list[DataIssue] = []
-    for record, normalised_record, answer in zip(records, normalised, answers, strict=True):
+    for record, normalised_record, answer in zip(readable, normalised, answers, strict=True):
         if isinstance(answer, PatientFailure):
-            failures.append(DataIssue(record.patient, f"not evaluated: {answer.message}"))
+            reason = f"not evaluated: {_without_data(answer.message)}"
+            failures.append(DataIssue(record.where(record.patient), reason))
             continue
         try:
             criteria = tuple(
@@ -68,7 +82,7 @@ def evaluate_batch(
                 for cid in ids
             )
         except ValueError as exc:
-            failures.append(DataIssue(record.patient, f"not evaluated: {exc}"))
+            failures.append(DataIssue(record.where(record.patient), f"not evaluated: {exc}"))
             continue
         evaluations.append(
             PatientEvaluation(
@@ -80,7 +94,18 @@ def evaluate_batch(
             )
         )
     issues = tuple(issue for n in normalised for issue in n.issues)
-    return BatchResult(tuple(evaluations), tuple(failures), issues)
+    skipped = tuple(issue for n in normalised for issue in n.skipped)
+    return BatchResult(tuple(evaluations), tuple(failures), issues, skipped)
+
+
+_ENGINE_CAUSE = re.compile(r'^("[^"]*" failed(?: at [^(]*)?(?: \([^)]*\))?):')
+
+
+def _without_data(message: str) -> str:
+    """The engine's message up to the failing definition and CQL line: the cause after it is
+    the engine's own words and may quote a value of the record."""
+    match = _ENGINE_CAUSE.match(message)
+    return match.group(1) if match else message
 
 
 def _criterion(
