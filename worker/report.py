@@ -72,6 +72,8 @@ def run_details(run: Run, now: datetime) -> str:
         + (f", lost batches sent again {run.resent} times" if run.resent else ""),
         f"patients  {b.evaluated} evaluated, {b.unchanged} unchanged, "
         f"outcomes {_counts(b.outcomes)}",
+        f"records   {b.skipped} resources left out (a shape the rules cannot read), "
+        f"{b.unused} values not used (e.g. a unit that cannot be converted)",
         f"written   {b.created} subjects created, {b.updated} updated"
         + (f"; listed {run.result.get('listed')}" if run.result else ""),
         f"requests  {run.cohort_requests + b.requests + run.bulk_requests + run.finish_requests}"

@@ -107,6 +107,9 @@ class BatchTotals:
     created: int = 0
     updated: int = 0
     unused: int = 0
+    """Values read but not used (a unit that cannot be converted)."""
+    skipped: int = 0
+    """Resources left out, of a shape the rules cannot read."""
     failed_batches: int = 0
     seconds: float = 0.0
     outcomes: dict[str, int] = field(default_factory=dict)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from itertools import islice
@@ -42,22 +42,19 @@ from fhir_match.writeback import (
     LISTED,
     RUN_SYSTEM,
     STUDY_SYSTEM,
-    SUBJECT_SYSTEM,
-    Change,
     RunInfo,
     RunState,
     WriteSummary,
-    apply_changes,
     failure_reasons,
     find_study,
     is_ours,
     match_of,
+    our_subjects,
     own_study_identifier,
-    plan_change,
     run_state,
     snapshot_group,
     study_resource,
-    subject_identifier,
+    write_evaluations,
 )
 
 __all__ = [
@@ -148,6 +145,10 @@ class BatchReport:
     written: WriteSummary = field(default_factory=WriteSummary)
     failures: list[DataIssue] = field(default_factory=list)
     unused: int = 0
+    """Values read but not used (a platelet count in a unit that cannot be converted)."""
+    skipped: int = 0
+    """Resources left out, of a shape the rules cannot read: each costs only itself (and
+    is no failure of the run: a bad record in the EHR must not keep every run partial)."""
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -161,23 +162,8 @@ class BatchReport:
             "updated": self.written.updated,
             "failures": [str(f) for f in self.failures + self.written.failed],
             "unused": self.unused,
+            "skipped": self.skipped,
         }
-
-
-def _our_subjects(resources: Sequence[Json], study: Study) -> dict[str, Json]:
-    return {
-        str(r["individual"]["reference"]): r
-        for r in resources
-        if r["resourceType"] == "ResearchSubject"
-        and is_ours(r, study)
-        and isinstance(r.get("individual"), dict)
-    }
-
-
-def _subjects_of(client: FhirClient, study: Study, patients: Sequence[str]) -> dict[str, Json]:
-    identifiers = [f"{SUBJECT_SYSTEM}|{subject_identifier(study, p)}" for p in patients]
-    found = client.pages(Search("ResearchSubject").where("identifier", *identifiers))
-    return _our_subjects([e["resource"] for page in found for e in page.get("entry") or []], study)
 
 
 def screen_batch(
@@ -225,10 +211,11 @@ def _evaluate_and_write(
     report.outcomes.update(e.outcome for e in result.evaluations)
     report.removed.update(removals(result.evaluations))
     report.failures.extend(result.failures)
-    report.unused += len(result.issues) + len(result.skipped)
-    existing = _our_subjects([r for record in records for r in record.resources], study)
+    report.unused += len(result.issues)
+    report.skipped += len(result.skipped)
+    existing = our_subjects([r for record in records for r in record.resources], study)
     evaluations = {e.patient: e for e in result.evaluations}
-    report.written.add(_write(client, setup, study_ref, run, evaluations, existing))
+    report.written.add(write_evaluations(client, study, study_ref, run, evaluations, existing))
 
 
 BULK_MAX_POLL_S = 10.0
@@ -278,6 +265,7 @@ def bulk_screen(
         total.removed += report.removed
         total.failures += report.failures
         total.unused += report.unused
+        total.skipped += report.skipped
         total.written.add(report.written)
     total.requests = client.requests - sent
     return total
@@ -319,45 +307,6 @@ def _with_shared(client: FhirClient, records: Sequence[PatientRecord]) -> list[P
         )
         for record in records
     ]
-
-
-def _write(
-    client: FhirClient,
-    setup: StudySetup,
-    study_ref: str,
-    run: RunInfo,
-    evaluations: Mapping[str, PatientEvaluation | None],
-    existing: dict[str, Json],
-) -> WriteSummary:
-    def plan(patients: Sequence[str], subjects: dict[str, Json]) -> list[Change]:
-        return [
-            change
-            for patient in patients
-            if (
-                change := plan_change(
-                    setup.study,
-                    study_ref,
-                    patient,
-                    evaluations[patient],
-                    subjects.get(patient),
-                    run,
-                )
-            )
-        ]
-
-    written = apply_changes(client, plan(list(evaluations), existing), run.tag)
-    conflicts, written.conflicts = written.conflicts, []
-    if conflicts:  # re-read in one request, planned again once
-        retry = apply_changes(
-            client, plan(conflicts, _subjects_of(client, setup.study, conflicts)), run.tag
-        )
-        written.add(retry)
-        written.failed += [
-            DataIssue(p, "changed by someone else while being written; the next run retries")
-            for p in written.conflicts
-        ]
-        written.conflicts = []
-    return written
 
 
 def read_subjects(
@@ -425,7 +374,7 @@ def finish_run(
             for patient, subject in subjects.items()
             if patient not in cohort and match_of(subject).get("outcome") in LISTED
         }
-        report.left_cohort = _write(client, setup, study_ref, run, gone, subjects)
+        report.left_cohort = write_evaluations(client, setup.study, study_ref, run, gone, subjects)
         if gone:
             subjects = {
                 str(s["individual"]["reference"]): s

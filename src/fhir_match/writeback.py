@@ -24,7 +24,7 @@ import json
 import re
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -61,6 +61,7 @@ __all__ = [
     "is_ours",
     "last_complete",
     "match_of",
+    "our_subjects",
     "own_study_identifier",
     "plan_change",
     "recorded_run",
@@ -72,6 +73,7 @@ __all__ = [
     "study_resource",
     "study_search",
     "subject_identifier",
+    "write_evaluations",
 ]
 
 STRUCTURE = "https://fhir-match.org/fhir/StructureDefinition/"
@@ -497,6 +499,62 @@ def apply_changes(client: FhirClient, changes: Sequence[Change], tag: str = "") 
 
 
 # -- the run's snapshot -------------------------------------------------------------------
+
+
+def our_subjects(resources: Sequence[Json], study: Study) -> dict[str, Json]:
+    """The study's subjects fhir-match wrote among ``resources``, by patient reference."""
+    return {
+        str(r["individual"]["reference"]): r
+        for r in resources
+        if r["resourceType"] == "ResearchSubject"
+        and is_ours(r, study)
+        and isinstance(r.get("individual"), dict)
+    }
+
+
+def _subjects_of(client: FhirClient, study: Study, patients: Sequence[str]) -> dict[str, Json]:
+    identifiers = [f"{SUBJECT_SYSTEM}|{subject_identifier(study, p)}" for p in patients]
+    found = client.pages(Search("ResearchSubject").where("identifier", *identifiers))
+    return our_subjects([e["resource"] for page in found for e in page.get("entry") or []], study)
+
+
+def write_evaluations(
+    client: FhirClient,
+    study: Study,
+    study_ref: str,
+    run: RunInfo,
+    evaluations: Mapping[str, PatientEvaluation | None],
+    existing: dict[str, Json],
+) -> WriteSummary:
+    """Write what changed for each patient (None: no longer in the cohort) against the
+    subjects as they were read. A subject a coordinator changed meanwhile (the If-Match
+    failed) is read again, in one request, and planned again once; if it changed again,
+    the next run takes it."""
+
+    def plan(patients: Sequence[str], subjects: dict[str, Json]) -> list[Change]:
+        return [
+            change
+            for patient in patients
+            if (
+                change := plan_change(
+                    study, study_ref, patient, evaluations[patient], subjects.get(patient), run
+                )
+            )
+        ]
+
+    written = apply_changes(client, plan(list(evaluations), existing), run.tag)
+    conflicts, written.conflicts = written.conflicts, []
+    if conflicts:
+        retry = apply_changes(
+            client, plan(conflicts, _subjects_of(client, study, conflicts)), run.tag
+        )
+        written.add(retry)
+        written.failed += [
+            DataIssue(p, "changed by someone else while being written; the next run retries")
+            for p in written.conflicts
+        ]
+        written.conflicts = []
+    return written
 
 
 def _integer(name: str, value: int) -> Json:
