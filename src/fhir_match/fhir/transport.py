@@ -70,7 +70,7 @@ def outcome_text(response: httpx.Response) -> str:
     """The server's OperationOutcome issues as one line, or "" if the body is not one."""
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         return ""
     if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
         return ""
