@@ -207,8 +207,9 @@ class FaultProxy:
     """Forwards to ``upstream`` (a FHIR base URL) from ``base_url`` on a free loopback port.
 
     ``fault_rate`` of the requests (seeded by ``seed``) fail with one of ``faults``, chosen
-    at random; :meth:`rewrite` adds a rule for bad answers; :meth:`go_down` and
-    :meth:`down_after` take the server away. ``faults_injected`` counts what was done.
+    at random; :meth:`rewrite` adds a rule for bad answers; :meth:`go_down` takes the server
+    away, and :meth:`after` does it (or anything) at a chosen request. ``faults_injected``
+    counts what was done.
     """
 
     def __init__(
@@ -230,7 +231,7 @@ class FaultProxy:
         self.rules: list[RewriteRule] = []
         self.faults_injected: Counter[str] = Counter()
         self.requests = 0
-        self._down_trigger: tuple[Callable[[SeenRequest], bool], float] | None = None
+        self._trigger: tuple[Callable[[SeenRequest], bool], Callable[[], None]] | None = None
         self.outages: list[tuple[float, float]] = []
         """(went down, came back) as time.monotonic() readings."""
         self._upstream = httpx.Client(timeout=120)
@@ -298,11 +299,11 @@ class FaultProxy:
             self._dropping.set()
         threading.Thread(target=self._outage, args=(seconds,), daemon=True).start()
 
-    def down_after(self, matches: Callable[[SeenRequest], bool], seconds: float) -> None:
-        """Go down for ``seconds`` once a request ``matches`` has been answered: an outage
-        at a known point of a run, without watching the clock."""
+    def after(self, matches: Callable[[SeenRequest], bool], action: Callable[[], None]) -> None:
+        """Run ``action`` (in a thread of its own) once a request ``matches`` has been
+        answered: a fault at a known point of a run, without watching the clock."""
         with self._lock:
-            self._down_trigger = (matches, seconds)
+            self._trigger = (matches, action)
 
     def _outage(self, seconds: float) -> None:
         self._close()
@@ -332,13 +333,13 @@ class FaultProxy:
         return None
 
     def answered(self, request: SeenRequest) -> None:
-        """After an answer went out: the moment a :meth:`down_after` outage starts."""
+        """After an answer went out: the moment an :meth:`after` action starts."""
         with self._lock:
-            trigger = self._down_trigger
+            trigger = self._trigger
             if trigger is None or not trigger[0](request):
                 return
-            self._down_trigger = None
-        self.go_down(trigger[1])
+            self._trigger = None
+        threading.Thread(target=trigger[1], daemon=True).start()
 
     # -- answering ------------------------------------------------------------------------
 

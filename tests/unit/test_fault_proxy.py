@@ -133,7 +133,9 @@ def test_rewrites_of_chosen_answers(upstream: str) -> None:
 
 def test_down_refuses_connections_then_serves_again(upstream: str) -> None:
     with FaultProxy(upstream) as proxy:
-        proxy.down_after(lambda request: request.param("patient") == "Patient/1", 1.0)
+        proxy.after(
+            lambda request: request.param("patient") == "Patient/1", lambda: proxy.go_down(1)
+        )
         assert _get(proxy).status_code == 200  # answered, then the proxy goes down
         deadline = time.monotonic() + POLL_S
         while time.monotonic() < deadline and not proxy.down:
