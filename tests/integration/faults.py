@@ -388,9 +388,12 @@ class FaultProxy:
         return answer
 
     def _forward(self, method: str, target: str, headers: dict[str, str], body: bytes) -> _Answer:
-        response = self._upstream.request(
-            method, self._origin + target, headers=headers, content=body
-        )
+        try:
+            response = self._upstream.request(
+                method, self._origin + target, headers=headers, content=body
+            )
+        except httpx.TransportError:
+            return _failure(Fault.BAD_GATEWAY)  # the server is down: what a gateway says
         kept = {k: v for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP}
         return _Answer(response.status_code, kept, response.content)
 

@@ -3,6 +3,7 @@ naming it (method, URL without search values) or is ignored, and paging always e
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -126,3 +127,36 @@ def test_a_next_link_off_the_server_is_named_without_its_search_values() -> None
         _pages(lambda request: httpx.Response(200, json=_bundle(next_url=elsewhere)))
     assert "secret" not in str(caught.value)
     assert "leaves the base URL" in str(caught.value)
+
+
+def _bundle_sent_over_a_dropped_connection(*requests: dict[str, str]) -> int:
+    """How many times a transaction of entries with ``requests`` is sent when the first
+    attempt's connection closes without an answer."""
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        if len(sent) == 1:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "transaction-response"})
+
+    entries = [{"resource": {"resourceType": "Basic"}, "request": r} for r in requests]
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    settings = FhirSettings(base_url=BASE)
+    transport = httpx.MockTransport(answer)
+    with (
+        FhirClient(settings, transport=transport, sleep=lambda s: None) as client,
+        contextlib.suppress(FatalFhirError),  # the plain create's: counted below
+    ):
+        client.transaction(bundle)
+    return len(sent)
+
+
+def test_a_transaction_that_does_nothing_more_twice_is_sent_again_after_a_dropped_answer() -> None:
+    conditional = {"method": "POST", "url": "Basic", "ifNoneExist": "identifier=a|b"}
+    update = {"method": "PUT", "url": "Basic/1", "ifMatch": 'W/"1"'}
+    assert _bundle_sent_over_a_dropped_connection(conditional, update) == 2
+    # a plain create might be made twice: the error goes to the caller instead
+    assert (
+        _bundle_sent_over_a_dropped_connection(conditional, {"method": "POST", "url": "Basic"}) == 1
+    )

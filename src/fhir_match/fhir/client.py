@@ -97,6 +97,7 @@ class FhirClient:
         params: Sequence[tuple[str, str]] | None = None,
         body: JsonObject | None = None,
         headers: dict[str, str] | None = None,
+        repeatable: bool = False,
     ) -> httpx.Response:
         request = self._http.build_request(
             method,
@@ -108,7 +109,7 @@ class FhirClient:
                 **(headers or {}),
             },
         )
-        return send(self._http, request, self._policy, self._sleep)
+        return send(self._http, request, self._policy, self._sleep, repeatable=repeatable)
 
     def _json(self, response: httpx.Response) -> JsonObject:
         try:
@@ -198,7 +199,7 @@ class FhirClient:
         data = bundle if isinstance(bundle, dict) else to_json(bundle)
         if data.get("resourceType") != "Bundle" or data.get("type") != kind:
             raise ValueError(f"expected a Bundle of type {kind!r}")
-        response = self._send("POST", self.base_url, body=data)
+        response = self._send("POST", self.base_url, body=data, repeatable=_repeatable(data))
         result = self._resource(response)
         if not isinstance(result, Bundle):
             raise FatalFhirError("POST", self.base_url, response.status_code, "not a Bundle")
@@ -292,6 +293,21 @@ class FhirClient:
     def _refuse_off_server(self, method: str, url: str) -> None:
         if not _under(url, self.base_url):
             raise FatalFhirError(method, url, None, f"URL leaves the base URL {self.base_url}")
+
+
+def _repeatable(bundle: JsonObject) -> bool:
+    """Whether every entry does nothing more when done twice (reads, PUT, DELETE, conditional
+    creates): such a bundle may be sent again after a connection dropped without an answer."""
+    entries = bundle.get("entry") or []
+    requests = [e.get("request") if isinstance(e, dict) else None for e in entries]
+    return all(
+        isinstance(r, dict)
+        and (
+            r.get("method") in ("GET", "HEAD", "PUT", "DELETE")
+            or (r.get("method") == "POST" and bool(r.get("ifNoneExist")))
+        )
+        for r in requests
+    )
 
 
 def _bad_answer(response: httpx.Response, reason: str, outcome: str = "") -> FatalFhirError:
