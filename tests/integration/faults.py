@@ -231,6 +231,8 @@ class FaultProxy:
         self.rules: list[RewriteRule] = []
         self.faults_injected: Counter[str] = Counter()
         self.requests = 0
+        self.unreachable = 0
+        """Requests answered 502 because the server could not be reached."""
         self._trigger: tuple[Callable[[SeenRequest], bool], Callable[[], None]] | None = None
         self.outages: list[tuple[float, float]] = []
         """(went down, came back) as time.monotonic() readings."""
@@ -393,6 +395,8 @@ class FaultProxy:
                 method, self._origin + target, headers=headers, content=body
             )
         except httpx.TransportError:
+            with self._lock:
+                self.unreachable += 1
             return _failure(Fault.BAD_GATEWAY)  # the server is down: what a gateway says
         kept = {k: v for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP}
         return _Answer(response.status_code, kept, response.content)
