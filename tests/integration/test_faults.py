@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 import redis
@@ -24,6 +23,7 @@ from fhir_match.fhir import FhirClient, Search
 from fhir_match.tagging import tag_token
 from fhir_match.writeback import SUBJECT_SYSTEM
 from worker.process import WorkerProcess
+from worker.runs import Run, State
 
 from .faults import FaultProxy, Rewrite, RewriteRule, SeenRequest
 from .populations import STUDY, Population, loaded_population, run_discovery
@@ -49,7 +49,7 @@ def listing(fhir: FhirClient, population: Population) -> Listing:
             c.outcome,
             tuple((r.id, r.result, r.summary, tuple(r.evidence)) for r in c.criteria),
         )
-        for c in current_candidates(fhir, load_study(STUDY))
+        for c in current_candidates(fhir, load_study(STUDY), population.tag)[0]
         if c.patient in population.expected
     }
 
@@ -70,8 +70,8 @@ def without_faults(
     population: Population,
 ) -> Listing:
     run = run_discovery(redis_client, celery_worker, population)
-    assert run["state"] == "done", run
-    assert run["batches"]["failures"] == []
+    assert run.state == State.DONE, run
+    assert run.failures == ()
     found = listing(fhir, population)
     assert {p: outcome for p, (outcome, _) in found.items()} == population.listed
     return found
@@ -83,7 +83,7 @@ def faulty_run(
     worker: WorkerProcess,
     population: Population,
     proxy: FaultProxy,
-) -> dict[str, Any]:
+) -> Run:
     unlist(fhir, population)
     return run_discovery(store, worker, population, base_url=proxy.base_url)
 
@@ -101,8 +101,8 @@ def test_a_fifth_of_requests_failing_gives_the_same_list(
 
     print(f"\n{proxy.requests} requests, faults: {dict(proxy.faults_injected)}")
     assert sum(proxy.faults_injected.values()) >= proxy.requests * FAULT_RATE / 2
-    assert run["state"] == "done", run
-    assert run["batches"]["failures"] == []
+    assert run.state == State.DONE, run
+    assert run.failures == ()
     assert listing(fhir, population) == without_faults
 
 
@@ -126,8 +126,8 @@ def test_the_server_gone_for_a_minute_mid_run_gives_the_same_list(
     finished = time.monotonic()
     print(f"\noutage {came - went:.0f} s; run done {finished - came:.0f} s after it ended")
     assert came - went >= OUTAGE_S
-    assert run["state"] == "done", run
-    assert run["batches"]["failures"] == []
+    assert run.state == State.DONE, run
+    assert run.failures == ()
     assert listing(fhir, population) == without_faults
 
 
@@ -172,9 +172,9 @@ def test_a_bad_answer_costs_its_batch_only(
         rule = proxy.rewrite(RewriteRule(rewrite, _condition_search_of(chosen), times=None))
         run = faulty_run(fhir, redis_client, celery_worker, population, proxy)
 
-    assert run["state"] == "done", run
-    assert run["batches"]["failed_batches"] == 1
-    (failure,) = run["batches"]["failures"]
+    assert run.state == State.PARTIAL, run
+    assert run.batches.failed_batches == 1
+    (failure,) = run.failures
     assert failure.startswith(f"GET {proxy.base_url}/Condition?patient=...&_count=500 failed")
     assert BAD_ANSWERS[rewrite] in failure
     assert "Patient/" not in failure
@@ -183,7 +183,7 @@ def test_a_bad_answer_costs_its_batch_only(
     assert chosen in lost
     others = {p: listed for p, listed in without_faults.items() if p not in lost}
     assert listing(fhir, population) == others
-    assert run["funnel"]["not_evaluated"] == len(lost)
+    assert run.funnel["not_evaluated"] == len(lost)
 
 
 def test_a_total_that_lies_changes_nothing(
@@ -199,6 +199,6 @@ def test_a_total_that_lies_changes_nothing(
         run = faulty_run(fhir, redis_client, celery_worker, population, proxy)
 
     assert len(rule.applied) > 10
-    assert run["state"] == "done", run
-    assert run["batches"]["failures"] == []
+    assert run.state == State.DONE, run
+    assert run.failures == ()
     assert listing(fhir, population) == without_faults

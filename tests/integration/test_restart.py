@@ -34,6 +34,7 @@ from fhir_match.fhir import FhirClient
 from fhir_match.seed import seed
 from fhir_match.synth.generate import generate
 from worker.process import WorkerProcess
+from worker.runs import State
 
 from ..conftest import ROOT
 from .faults import FaultProxy
@@ -151,10 +152,11 @@ def test_a_fhir_server_restarted_mid_run_gives_the_intended_list(
     assert proxy.unreachable > 0  # the run did meet the outage
     print(f"\nserver away {timings['away']:.0f} s (start-up {timings['start_up']:.0f} s)")
     print(f"run ended {ended - timings['back']:.0f} s after the server was back")
-    assert run["state"] == "done", run
-    assert run["batches"]["failures"] == []
+    assert run.state == State.DONE, run
+    assert run.failures == ()
     with FhirClient(FhirSettings(base_url=own_hapi.base_url)) as fhir:
-        listed = {c.patient: c for c in current_candidates(fhir, load_study(STUDY))}
+        candidates, _ = current_candidates(fhir, load_study(STUDY), population.tag)
+    listed = {c.patient: c for c in candidates}
     assert {p: c.outcome for p, c in listed.items()} == population.listed
     for patient, candidate in listed.items():
         expected = population.expected[patient]["criteria"]
