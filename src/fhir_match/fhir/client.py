@@ -22,14 +22,18 @@ from fhir_match.fhir.transport import (
     USER_AGENT,
     RetryPolicy,
     error_for,
+    outcome_text,
     public_url,
     send,
     transport_errors,
 )
 
-__all__ = ["FHIR_JSON", "SEARCHES_IN_FLIGHT", "FhirClient"]
+__all__ = ["FHIR_JSON", "MAX_PAGES", "SEARCHES_IN_FLIGHT", "FhirClient"]
 
 FHIR_JSON = "application/fhir+json"
+MAX_PAGES = 10_000
+"""More pages than any one search of fhir-match needs (five million entries at 500 a page):
+a server still sending ``next`` links past it is looping, and the search fails."""
 SEARCHES_IN_FLIGHT = 4
 """Searches fhir-match runs side by side against one server, from one process: the server
 answers them in parallel. Four keeps a shared server's load modest."""
@@ -93,6 +97,7 @@ class FhirClient:
         params: Sequence[tuple[str, str]] | None = None,
         body: JsonObject | None = None,
         headers: dict[str, str] | None = None,
+        repeatable: bool = False,
     ) -> httpx.Response:
         request = self._http.build_request(
             method,
@@ -104,22 +109,40 @@ class FhirClient:
                 **(headers or {}),
             },
         )
-        return send(self._http, request, self._policy, self._sleep)
+        return send(self._http, request, self._policy, self._sleep, repeatable=repeatable)
 
     def _json(self, response: httpx.Response) -> JsonObject:
         try:
             data = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, cut short, or nested past reason
             data = None
         if not isinstance(data, dict):
-            request = response.request
-            raise FatalFhirError(
-                request.method,
-                public_url(request.url),
-                response.status_code,
-                "response is not FHIR JSON",
-            )
+            raise _bad_answer(response, "response is not FHIR JSON")
         return data
+
+    def _page(self, response: httpx.Response, resource_type: str) -> JsonObject:
+        """A searchset page, checked: a 200 holding an OperationOutcome, or entries of a type
+        the search did not ask for, fail the request instead of passing for an answer (a page
+        of the wrong type has lost the entries asked for, so its patients' records would be
+        incomplete)."""
+        page = self._json(response)
+        kind = page.get("resourceType")
+        if kind == "OperationOutcome":
+            raise _bad_answer(
+                response, "an OperationOutcome where a Bundle was expected", outcome_text(response)
+            )
+        if kind != "Bundle":
+            raise _bad_answer(response, "response is not a Bundle")
+        entries = page.get("entry", [])
+        if not isinstance(entries, list) or not all(map(_well_formed, entries)):
+            raise _bad_answer(response, "Bundle entries are malformed")
+        foreign = sorted({t for entry in entries if (t := _foreign(entry, resource_type))})
+        if foreign:
+            raise _bad_answer(
+                response,
+                f"page holds {', '.join(foreign)} entries, not asked for ({resource_type})",
+            )
+        return page
 
     def _resource(self, response: httpx.Response) -> Resource:
         return parse_resource(self._json(response))
@@ -176,7 +199,7 @@ class FhirClient:
         data = bundle if isinstance(bundle, dict) else to_json(bundle)
         if data.get("resourceType") != "Bundle" or data.get("type") != kind:
             raise ValueError(f"expected a Bundle of type {kind!r}")
-        response = self._send("POST", self.base_url, body=data)
+        response = self._send("POST", self.base_url, body=data, repeatable=_repeatable(data))
         result = self._resource(response)
         if not isinstance(result, Bundle):
             raise FatalFhirError("POST", self.base_url, response.status_code, "not a Bundle")
@@ -185,20 +208,31 @@ class FhirClient:
     def pages(self, search: Search) -> Iterator[JsonObject]:
         """Each searchset Bundle of ``search`` as raw JSON, following ``next`` links as given.
 
-        A ``next`` link that leaves the base URL is refused: following it would send our
-        credentials to another server.
+        Each page is checked (see :meth:`_page`). A ``next`` link that leaves the base URL is
+        refused: following it would send our credentials to another server. A ``next`` link
+        to a page already read, or paging past MAX_PAGES, fails the search: the server is
+        looping. ``Bundle.total`` is never read here: servers estimate it, or get it wrong.
         """
         response = self._send("GET", self._url(search.resource_type), params=list(search.params))
+        read: set[str] = set()
         while True:
-            page = self._json(response)
+            read.add(str(response.request.url))
+            page = self._page(response, search.resource_type)
             yield page
             next_url = _next_link(page)
             if next_url is None:
                 return
             if not _under(next_url, self.base_url):
                 raise FatalFhirError(
-                    "GET", next_url, None, f"next link leaves the base URL {self.base_url}"
+                    "GET",
+                    public_url(httpx.URL(next_url)),
+                    None,
+                    f"next link leaves the base URL {self.base_url}",
                 )
+            if str(httpx.URL(next_url)) in read:
+                raise _bad_answer(response, "next link goes back to a page already read")
+            if len(read) >= MAX_PAGES:
+                raise _bad_answer(response, f"next link past {MAX_PAGES} pages")
             response = self._send("GET", next_url)
 
     def search(self, search: Search) -> Iterator[Resource]:
@@ -261,9 +295,55 @@ class FhirClient:
             raise FatalFhirError(method, url, None, f"URL leaves the base URL {self.base_url}")
 
 
+def _repeatable(bundle: JsonObject) -> bool:
+    """Whether every entry does nothing more when done twice (reads, PUT, DELETE, conditional
+    creates): such a bundle may be sent again after a connection dropped without an answer."""
+    entries = bundle.get("entry") or []
+    requests = [e.get("request") if isinstance(e, dict) else None for e in entries]
+    return all(
+        isinstance(r, dict)
+        and (
+            r.get("method") in ("GET", "HEAD", "PUT", "DELETE")
+            or (r.get("method") == "POST" and bool(r.get("ifNoneExist")))
+        )
+        for r in requests
+    )
+
+
+def _bad_answer(response: httpx.Response, reason: str, outcome: str = "") -> FatalFhirError:
+    """A 2xx answer that is no usable answer: the error names the request, never the body."""
+    request = response.request
+    return FatalFhirError(
+        request.method, public_url(request.url), response.status_code, reason, outcome
+    )
+
+
+def _well_formed(entry: object) -> bool:
+    if not isinstance(entry, dict):
+        return False
+    resource = entry.get("resource")
+    return resource is None or (
+        isinstance(resource, dict) and isinstance(resource.get("resourceType"), str)
+    )
+
+
+def _foreign(entry: JsonObject, resource_type: str) -> str | None:
+    """The type of a matching entry that is not the type searched for, else None. Entries the
+    search brought in on purpose (``_include``, ``_revinclude``) or the server's notes
+    (an OperationOutcome, mode ``outcome``) may be of any type."""
+    resource = entry.get("resource")
+    search = entry.get("search")
+    mode = search.get("mode", "match") if isinstance(search, dict) else "match"
+    if resource is None or mode != "match":
+        return None
+    kind = str(resource["resourceType"])
+    return kind if kind != resource_type else None
+
+
 def _next_link(page: JsonObject) -> str | None:
-    for link in page.get("link") or []:
-        if link.get("relation") == "next" and link.get("url"):
+    links = page.get("link")
+    for link in links if isinstance(links, list) else []:
+        if isinstance(link, dict) and link.get("relation") == "next" and link.get("url"):
             return str(link["url"])
     return None
 

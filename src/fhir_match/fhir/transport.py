@@ -70,7 +70,7 @@ def outcome_text(response: httpx.Response) -> str:
     """The server's OperationOutcome issues as one line, or "" if the body is not one."""
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         return ""
     if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
         return ""
@@ -170,12 +170,15 @@ def send(
     request: httpx.Request,
     policy: RetryPolicy,
     sleep: Callable[[float], None] = time.sleep,
+    *,
+    repeatable: bool = False,
 ) -> httpx.Response:
     """Send ``request``, retrying transient failures; return a 2xx response or raise.
 
     Retried: 408, 429, 500, 502, 503, 504 and connection errors; a timeout or a dropped
     connection only for requests that are safe to repeat (reads, PUT, DELETE, conditional
-    creates), since the server may have acted on the first one. A Retry-After
+    creates, or a bundle the caller says is ``repeatable``), since the server may have acted
+    on the first one. A Retry-After
     header is obeyed; a request whose next wait would pass ``policy.max_wait_s`` in total, or
     whose server asks for more than RETRY_AFTER_CAP_S, fails with the last error.
     """
@@ -184,7 +187,7 @@ def send(
     while True:
         response: httpx.Response | None = None
         try:
-            with transport_errors(request):
+            with transport_errors(request, repeatable=repeatable):
                 response = client.send(request)
                 response.read()
             if response.is_success:
