@@ -221,9 +221,12 @@ def find_study(client: FhirClient, study: Study, tag: str = "", configured: str 
 # -- a subject ----------------------------------------------------------------------------
 
 
-def subject_identifier(study: Study, patient: str) -> str:
-    """The subject's identifier value: the study id and the patient's id."""
-    return f"{study.id}-{patient.removeprefix('Patient/')}"
+def subject_identifier(study: Study, patient: str, tag: str = "") -> str:
+    """The subject's identifier value: the study id and the patient's id, and a tagged
+    run's tag (two test populations of the same synthetic patients on one server are
+    listed apart)."""
+    scope = f"{study.id}:{tag}" if tag else study.id
+    return f"{scope}-{patient.removeprefix('Patient/')}"
 
 
 def is_ours(subject: Json, study: Study) -> bool:
@@ -335,7 +338,9 @@ def plan_change(
             return None
         existing = {
             "resourceType": "ResearchSubject",
-            "identifier": [{"system": SUBJECT_SYSTEM, "value": subject_identifier(study, patient)}],
+            "identifier": [
+                {"system": SUBJECT_SYSTEM, "value": subject_identifier(study, patient, run.tag)}
+            ],
             "status": outcome,
             "study": {"reference": study_ref},
             "individual": {"reference": patient},
@@ -434,11 +439,10 @@ class WriteSummary:
 def _entries(change: Change, tag: str) -> list[Json]:
     full_url = f"urn:uuid:{uuid.uuid4()}"
     if change.action == "create":
-        value = change.subject["identifier"][0]["value"]
         request = {
             "method": "POST",
             "url": "ResearchSubject",
-            "ifNoneExist": f"identifier={SUBJECT_SYSTEM}|{value}",
+            "ifNoneExist": f"identifier={SUBJECT_SYSTEM}|{_value_of(change)}",
         }
     else:
         request = {"method": "PUT", "url": f"ResearchSubject/{change.subject['id']}"}
@@ -447,15 +451,27 @@ def _entries(change: Change, tag: str) -> list[Json]:
     subject = {k: v for k, v in change.subject.items() if k != "meta"}
     entries = [{"fullUrl": full_url, "resource": tagged(subject, tag), "request": request}]
     if change.provenance is not None:
-        provenance = tagged({**change.provenance, "target": [{"reference": full_url}]}, tag)
+        # An id of its own content (run, subject, evidence): written by PUT, so a
+        # transaction sent again after a dropped connection writes it once.
+        digest = hashlib.sha256(
+            json.dumps([_value_of(change), change.provenance], sort_keys=True).encode()
+        ).hexdigest()[:40]
+        provenance = tagged(
+            {**change.provenance, "id": f"fm-{digest}", "target": [{"reference": full_url}]}, tag
+        )
         entries.append(
             {
-                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                "fullUrl": f"Provenance/fm-{digest}",
                 "resource": provenance,
-                "request": {"method": "POST", "url": "Provenance"},
+                "request": {"method": "PUT", "url": f"Provenance/fm-{digest}"},
             }
         )
     return entries
+
+
+def _value_of(change: Change) -> str:
+    """The subject's identifier value (``kn5501-<patient id>``): what a change is about."""
+    return str(change.subject["identifier"][0]["value"])
 
 
 def _transaction(changes: Iterable[Change], tag: str) -> Json:
@@ -512,8 +528,10 @@ def our_subjects(resources: Sequence[Json], study: Study) -> dict[str, Json]:
     }
 
 
-def _subjects_of(client: FhirClient, study: Study, patients: Sequence[str]) -> dict[str, Json]:
-    identifiers = [f"{SUBJECT_SYSTEM}|{subject_identifier(study, p)}" for p in patients]
+def _subjects_of(
+    client: FhirClient, study: Study, patients: Sequence[str], tag: str
+) -> dict[str, Json]:
+    identifiers = [f"{SUBJECT_SYSTEM}|{subject_identifier(study, p, tag)}" for p in patients]
     found = client.pages(Search("ResearchSubject").where("identifier", *identifiers))
     return our_subjects([e["resource"] for page in found for e in page.get("entry") or []], study)
 
@@ -546,7 +564,7 @@ def write_evaluations(
     conflicts, written.conflicts = written.conflicts, []
     if conflicts:
         retry = apply_changes(
-            client, plan(conflicts, _subjects_of(client, study, conflicts)), run.tag
+            client, plan(conflicts, _subjects_of(client, study, conflicts, run.tag)), run.tag
         )
         written.add(retry)
         written.failed += [

@@ -26,15 +26,16 @@ import pytest
 import redis
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
+from fhir_match.evaluate.study import load_study
 from fhir_match.fhir import FhirClient, Search
 from fhir_match.fhir.models import parse_resource, to_json
-from fhir_match.writeback import SUBJECT_SYSTEM
+from fhir_match.writeback import SUBJECT_SYSTEM, subject_identifier
 from worker import runs
 from worker.process import WorkerProcess
 
 from ..conftest import ROOT
 from .conftest import KEYCLOAK_URL
-from .populations import AS_OF, Population, loaded_population, run_discovery
+from .populations import AS_OF, STUDY, Population, loaded_population, run_discovery
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 REALM = f"{KEYCLOAK_URL}/realms/fhir-match"
@@ -320,10 +321,9 @@ def test_a_patient_page_shows_every_criterion_and_its_evidence(
 # -- decisions ---------------------------------------------------------------------------
 
 
-def _subject(fhir: FhirClient, patient: str) -> dict[str, Any]:
-    search = Search("ResearchSubject").where(
-        "identifier", f"{SUBJECT_SYSTEM}|kn5501-{patient.split('/')[1]}"
-    )
+def _subject(fhir: FhirClient, patient: str, tag: str) -> dict[str, Any]:
+    identifier = subject_identifier(load_study(STUDY), patient, tag)
+    search = Search("ResearchSubject").where("identifier", f"{SUBJECT_SYSTEM}|{identifier}")
     return to_json(next(fhir.search(search)))
 
 
@@ -345,7 +345,7 @@ def test_a_decision_made_with_the_keyboard_is_written_with_provenance(
     history = page.locator("table.history tbody tr")
     assert history.count() == 1
     assert "Casey Coordinator" in history.first.inner_text()
-    subject = _subject(fhir, patient)
+    subject = _subject(fhir, patient, population.tag)
     assert subject["status"] == "eligible"
     provenances = [
         to_json(p)
@@ -364,13 +364,15 @@ def test_a_form_without_its_csrf_token_changes_nothing(
     app: App, page: Page, population: Population, fhir: FhirClient
 ) -> None:
     patient = _a_candidate(population)
-    before = _subject(fhir, patient)
+    before = _subject(fhir, patient, population.tag)
     response = page.request.post(
         f"{app.url}/studies/kn5501/patients/{patient.split('/')[1]}/decision",
         form={"decision": "withdrawn", "version": before["meta"]["versionId"]},
     )
     assert response.status == 403
-    assert _subject(fhir, patient)["meta"]["versionId"] == before["meta"]["versionId"]
+    assert (
+        _subject(fhir, patient, population.tag)["meta"]["versionId"] == before["meta"]["versionId"]
+    )
 
 
 def test_a_conflict_is_shown_and_never_overwritten(
@@ -378,7 +380,7 @@ def test_a_conflict_is_shown_and_never_overwritten(
 ) -> None:
     patient = sorted(p for p, o in population.listed.items() if o == "candidate")[1]
     page.goto(f"{app.url}/studies/kn5501/patients/{patient.split('/')[1]}")
-    subject = _subject(fhir, patient)
+    subject = _subject(fhir, patient, population.tag)
     fhir.update(
         parse_resource({**subject, "status": "on-study"}), if_match=subject["meta"]["versionId"]
     )
@@ -387,7 +389,7 @@ def test_a_conflict_is_shown_and_never_overwritten(
     with page.expect_navigation():
         page.get_by_role("button", name="Save decision").click()
     assert "someone changed this patient's record" in page.get_by_role("alert").inner_text()
-    assert _subject(fhir, patient)["status"] == "on-study"
+    assert _subject(fhir, patient, population.tag)["status"] == "on-study"
     shot(page, "conflict")
 
 
@@ -508,7 +510,7 @@ def test_without_sign_in_the_app_serves_loopback_as_the_local_user(
                 },
             )
             assert saved.status_code == 303
-        assert _subject(fhir, patient)["status"] == "ineligible"
+        assert _subject(fhir, patient, population.tag)["status"] == "ineligible"
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -205,3 +205,11 @@ def test_the_beat_schedule_runs_every_study_nightly() -> None:
     assert entry["kwargs"] == {"study_id": "kn5501", "mode": "auto", "tag": ""}
     assert entry["schedule"].hour == {2}
     assert entry["schedule"].minute == {0}
+
+
+def test_a_tagged_runs_subject_is_its_own() -> None:
+    tagged_run = RunInfo("run-2", "2026-06-01", "2026-06-01T02:00:00+00:00", "trial-1")
+    change = plan_change(STUDY, STUDY_REF, PATIENT, evaluation(), None, tagged_run)
+
+    assert change is not None
+    assert change.subject["identifier"][0]["value"] == "kn5501:trial-1-p1"

@@ -206,7 +206,7 @@ class Pages:
         study = self._study(request.path_params["study"])
         patient_id = request.path_params["patient"]
         with self._client(user) as client:
-            subject = reads.find_subject(client, study, patient_id)
+            subject = reads.find_subject(client, study, patient_id, self.settings.tag)
             if subject is None:
                 return self.render(
                     request,
@@ -287,7 +287,7 @@ class Pages:
         patient_id = request.path_params["patient"]
         page = f"{self.settings.base}/studies/{study.id}/patients/{patient_id}"
         with self._client(user) as client:
-            subject = reads.find_subject(client, study, patient_id)
+            subject = reads.find_subject(client, study, patient_id, self.settings.tag)
             if subject is None:
                 return self.render(request, "error.html", status=404, message="No such subject.")
             seen = fields.get("version", "")

@@ -46,8 +46,8 @@ def patients(client: FhirClient, references: Sequence[str], grant: Grant) -> dic
     return {f"Patient/{p['id']}": p for p in _by_id(client, "Patient", ids)}
 
 
-def find_subject(client: FhirClient, study: Study, patient_id: str) -> Json | None:
-    identifier = f"{SUBJECT_SYSTEM}|{subject_identifier(study, patient_id)}"
+def find_subject(client: FhirClient, study: Study, patient_id: str, tag: str) -> Json | None:
+    identifier = f"{SUBJECT_SYSTEM}|{subject_identifier(study, patient_id, tag)}"
     return next(_resources(client, Search("ResearchSubject").where("identifier", identifier)), None)
 
 
