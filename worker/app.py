@@ -29,8 +29,8 @@ SOFT_SHARE = 0.9
 BATCH_SHARE = 1 / 3
 """A batch of 100 patients gets a third of the longest task's time."""
 VISIBILITY_MARGIN_S = 300
-"""Beyond the time limit, and beyond the longest retry countdown a task waits (300 s for
-a batch; 600 s at most for the others, Celery's retry_backoff_max)."""
+"""Beyond the time limit: at least the longest retry countdown a task waits (300 s for a
+batch; the others back off 1 to 16 s)."""
 
 # httpx logs every request's full URL at INFO, and a search URL names patients.
 logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -3,7 +3,9 @@ kept after Redis is gone.
 
 A run is one typed value (:class:`Run`) with one owner, this module: tasks, the watchdog
 and the command line read it and change it only through the functions here. It holds
-settings, counts, timings and PHI-free error texts, never patient data. Each batch stores
+settings, counts, timings and error texts, never patient data: a failure names at most
+the reference of the patient it concerns (``Patient/<id>``), for the operator who must
+look at that record. Each batch stores
 its own report under its number, so a batch that runs twice counts once. Every change is
 also written to a journal file per run (``var/history/<run>.json``), so that losing Redis
 loses no history and a run it lost is still found (and failed) by the watchdog.
@@ -39,22 +41,28 @@ __all__ = [
     "acquire_lock",
     "batch_plan",
     "batch_totals",
+    "drop_cohort",
     "fail_lost",
     "journal_run",
     "journal_runs",
     "last_run",
     "list_runs",
+    "load_cohort",
     "load_run",
     "lock_holder",
+    "mark_started",
     "new_run",
     "now",
     "record_batch",
     "recorded_batches",
+    "redis_identity",
     "release_lock",
     "remember_last_run",
     "run_funnel",
     "run_scope",
+    "save_cohort",
     "save_plan",
+    "started_batches",
     "update_run",
 ]
 
@@ -78,6 +86,8 @@ return 0
 class State(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    FINISHING = "finishing"
+    """One finish task holds it: unlisting, the Group (so a second copy does nothing)."""
     DONE = "done"
     """Every batch evaluated, nothing failed: this run's list is the list."""
     PARTIAL = "partial"
@@ -150,6 +160,11 @@ class Run:
     finish_requests: int = 0
     resent: int = 0
     """How many times the watchdog sent lost batches again."""
+    finishes: int = 0
+    """How many times a finish task took the run up."""
+    redis: str = ""
+    """The Redis the run lives in (host:port/db): a journal shared by two stacks (a test's
+    own Redis beside the stack's) tells their runs apart."""
     touched: str = ""
     """The last time the run itself changed (started, batches re-sent): with the batches'
     last report, the run's progress."""
@@ -211,8 +226,15 @@ def _stored(run: Run) -> str:
     return json.dumps({k: v for k, v in run.as_json().items() if k != "batches"})
 
 
+def redis_identity(client: redis.Redis) -> str:
+    """host:port/db of the Redis a client talks to (never its password)."""
+    kwargs = client.connection_pool.connection_kwargs
+    return f"{kwargs.get('host', '')}:{kwargs.get('port', '')}/{kwargs.get('db', 0)}"
+
+
 def new_run(client: redis.Redis, run: Run) -> Run:
     """Record a new run (queued)."""
+    run = replace(run, redis=redis_identity(client))
     client.set(_key(run.id), _stored(run), ex=RUN_TTL_S)
     client.zadd(_INDEX, {run.id: datetime.fromisoformat(run.queued).timestamp()})
     _journal(run)
@@ -261,11 +283,44 @@ def update_run(client: redis.Redis, run_id: str, change: Callable[[Run], Run | N
 
 
 def record_batch(client: redis.Redis, run_id: str, batch: int, report: dict[str, Any]) -> None:
+    """A batch's report, under its number: a batch run twice counts once, and a failed
+    copy (one sent again that met a fault) never replaces a report that succeeded."""
     key = f"{_key(run_id)}:batches"
-    client.hset(key, str(batch), json.dumps({**report, "at": now()}))
+    if report.get("failed_batches"):
+        client.hsetnx(key, str(batch), json.dumps({**report, "at": now()}))
+    else:
+        client.hset(key, str(batch), json.dumps({**report, "at": now()}))
     client.expire(key, RUN_TTL_S)
-    if (run := load_run(client, run_id)) is not None:
-        _journal(run)
+
+
+def mark_started(client: redis.Redis, run_id: str, batch: int) -> None:
+    """A batch task began (or began again): the watchdog leaves it alone until it could
+    no longer be running (its time limit)."""
+    key = f"{_key(run_id)}:started"
+    client.hset(key, str(batch), now())
+    client.expire(key, RUN_TTL_S)
+
+
+def started_batches(client: redis.Redis, run_id: str) -> dict[int, str]:
+    marks = cast(dict[bytes, bytes], client.hgetall(f"{_key(run_id)}:started"))
+    return {int(n): t.decode() for n, t in marks.items()}
+
+
+def save_cohort(client: redis.Redis, run_id: str, patients: Sequence[str]) -> None:
+    """A full run's cohort: whom the finish keeps listed (the others left it)."""
+    key = f"{_key(run_id)}:cohort"
+    client.delete(key)
+    if patients:
+        client.sadd(key, *patients)
+        client.expire(key, RUN_TTL_S)
+
+
+def load_cohort(client: redis.Redis, run_id: str) -> set[str]:
+    return {m.decode() for m in cast(set[bytes], client.smembers(f"{_key(run_id)}:cohort"))}
+
+
+def drop_cohort(client: redis.Redis, run_id: str) -> None:
+    client.delete(f"{_key(run_id)}:cohort")
 
 
 def save_plan(client: redis.Redis, run_id: str, batches: Sequence[Sequence[str]]) -> None:
@@ -333,11 +388,14 @@ def run_funnel(run: Run, study: Study) -> Funnel:
 
 
 def list_runs(client: redis.Redis, limit: int = 20) -> list[Run]:
-    """The newest runs, from Redis and from the journal (which keeps what Redis lost)."""
+    """The newest runs of this Redis, from Redis and from the journal (which keeps what
+    Redis lost)."""
     ids = [i.decode() for i in cast(list[bytes], client.zrevrange(_INDEX, 0, limit - 1))]
     found = {run.id: run for run in (load_run(client, i) for i in ids) if run is not None}
+    mine = redis_identity(client)
     for run in journal_runs():
-        found.setdefault(run.id, run)
+        if run.redis == mine:
+            found.setdefault(run.id, run)
     return sorted(found.values(), key=lambda r: r.queued, reverse=True)[:limit]
 
 
@@ -416,7 +474,10 @@ def last_run(client: redis.Redis, scope: str) -> LastRun | None:
     raw = client.get(f"{PREFIX}:last:{scope}")
     if isinstance(raw, bytes):
         return LastRun(**json.loads(raw))
-    complete = [r for r in journal_runs() if r.scope == scope and r.state is State.DONE]
+    mine = redis_identity(client)
+    complete = [
+        r for r in journal_runs() if r.scope == scope and r.state is State.DONE and r.redis == mine
+    ]
     if not complete:
         return None
     latest = max(complete, key=lambda r: r.started)

@@ -43,7 +43,7 @@ from fhir_match.screen import study_engine
 from fhir_match.server import describe_server
 from fhir_match.writeback import RunInfo
 from worker import runs, watchdog
-from worker.app import app
+from worker.app import BATCH_SHARE, app
 from worker.runs import Run, State
 
 __all__ = [
@@ -134,11 +134,14 @@ def _start(run: Run, **changes: Any) -> Run | None:
     return replace(run, state=State.RUNNING, touched=runs.now(), **changes)
 
 
-def _end(state: State, reason: str = "", **changes: Any) -> Callable[[Run], Run | None]:
-    """A transition to a final state, from any state that is not final yet."""
+def _end(
+    state: State, reason: str = "", only: Sequence[State] = (), **changes: Any
+) -> Callable[[Run], Run | None]:
+    """A transition to a final state, from any state that is not final yet (or ``only``
+    from those)."""
 
     def end(run: Run) -> Run | None:
-        if run.state in runs.FINAL:
+        if run.state in runs.FINAL or (only and run.state not in only):
             return None
         return replace(run, state=state, reason=reason, finished=runs.now(), **changes)
 
@@ -176,9 +179,9 @@ def discover(
     run = runs.load_run(store, run_id) or runs.new_run(
         store, Run(run_id, study_id, State.QUEUED, queued=runs.now(), tag=tag)
     )
-    if run.state in runs.FINAL or run.study_ref:
+    if run.state in runs.FINAL or (run.study_ref and run.fetch != "bulk"):
         # cancelled, or delivered again after its batches were sent: the batches, or the
-        # watchdog if they were lost, take it from there
+        # watchdog if they were lost, take it from there (a bulk run screens again)
         return {"run": run_id, "state": run.state}
     if not runs.acquire_lock(store, run.scope, run_id):
         holder = runs.lock_holder(store, run.scope)
@@ -194,7 +197,7 @@ def discover(
     if not full and last is not None:
         since = (datetime.fromisoformat(last.started) - SINCE_MARGIN).isoformat()
     started = run.started or runs.now()
-    runs.update_run(
+    begun = runs.update_run(
         store,
         run_id,
         lambda r: _start(
@@ -210,19 +213,19 @@ def discover(
             full_started=started if full else (last.full_started if last else None),
         ),
     )
+    if begun is None:  # cancelled (or failed) meanwhile: the lock is not ours to keep
+        runs.release_lock(store, run.scope, run_id)
+        return {"run": run_id, "state": "ended before it started"}
     try:
         setup = study_setup(study_id)
         with FhirClient(settings.fhir) as client:
             study_ref = ensure_study(client, setup.study, tag, settings.research_study(study_id))
             cohort = find_patients(client, setup, tag)
             cohort_requests = client.requests
-        size = _batch_size(len(cohort))
+        size = PATIENTS_PER_BATCH if fetch == "bulk" else _batch_size(len(cohort))
         batches = [cohort[i : i + size] for i in range(0, len(cohort), size)]
         if full:
-            store.delete(f"{runs.PREFIX}:run:{run_id}:cohort")
-            if cohort:
-                store.sadd(f"{runs.PREFIX}:run:{run_id}:cohort", *cohort)
-                store.expire(f"{runs.PREFIX}:run:{run_id}:cohort", runs.RUN_TTL_S)
+            runs.save_cohort(store, run_id, cohort)
         runs.save_plan(store, run_id, [] if fetch == "bulk" else batches)
         fanned = runs.update_run(
             store,
@@ -235,8 +238,9 @@ def discover(
                 batches_total=len(batches),
             ),
         )
-        if fanned is None:
-            return {"run": run_id, "state": "cancelled"}
+        if fanned is None:  # cancelled (or failed) meanwhile
+            runs.release_lock(store, run.scope, run_id)
+            return {"run": run_id, "state": "ended while finding the cohort"}
         if fetch == "bulk":
             _bulk(store, fanned, cohort)
     except TransientFhirError:
@@ -246,7 +250,7 @@ def discover(
         raise
     except Exception as exc:
         _fail(store, run_id, _error(exc), study_ref)
-        raise
+        raise _sanitised(exc) from None
     if fetch == "bulk":
         return _finish(store, run_id)
     _fan_out(run_id, dict(enumerate(batches)), queue)
@@ -265,22 +269,34 @@ def _fan_out(run_id: str, batches: dict[int, list[str]], queue: str) -> None:
         callback.apply_async(args=([],))
 
 
+def _sanitised(exc: Exception) -> Exception:
+    """What a task raises for Celery to log and store: our errors are PHI-free; anything
+    else is replaced by its type, since its message may quote data."""
+    return exc if isinstance(exc, FhirMatchError) else FhirMatchError(_error(exc))
+
+
 def _fail(store: redis.Redis, run_id: str, reason: str, study_ref: str = "") -> None:
-    """End a run as failed, with a PHI-free reason, and free its study. When the study is
+    """End a run as failed, with a PHI-free reason, and free its study (also when the run
+    had ended meanwhile: a lock this run holds is never left behind). When the study is
     known, its Group says so too (best effort), so readers never take it for the list."""
     run = runs.update_run(store, run_id, _end(State.FAILED, reason))
     if run is None:
+        if (current := runs.load_run(store, run_id)) is not None:
+            runs.release_lock(store, current.scope, run_id)
         return
     runs.release_lock(store, run.scope, run_id)
     _record_failure(run, study_ref or run.study_ref)
 
 
 def _record_failure(run: Run, study_ref: str) -> None:
+    """The failed run's Group, with the funnel of what it did evaluate."""
     if not study_ref:
         return
+    setup = study_setup(run.study)
     info = RunInfo(run.id, run.as_of, run.started, run.tag)
+    funnel = runs.run_funnel(run, setup.study) if run.cohort else None
     with FhirClient(_settings(run.base_url or None).fhir) as client:
-        record_failed_run(client, study_setup(run.study), study_ref, info, run.reason)
+        record_failed_run(client, setup, study_ref, info, run.reason, funnel)
 
 
 @app.task(bind=True, max_retries=TASK_RETRIES)  # type: ignore[untyped-decorator]
@@ -291,6 +307,7 @@ def screen_patients(self: Task, run_id: str, batch: int, patients: Sequence[str]
     run = runs.load_run(store, run_id)
     if run is None or run.state is not State.RUNNING:
         return {"batch": batch, "skipped": "the run is not running"}
+    runs.mark_started(store, run_id, batch)
     settings = _settings(run.base_url)
     started = time.perf_counter()
     info = RunInfo(run_id, run.as_of, run.started, run.tag)
@@ -306,7 +323,8 @@ def screen_patients(self: Task, run_id: str, batch: int, patients: Sequence[str]
             raise self.retry(exc=exc, countdown=min(300, 10 * 2**self.request.retries)) from exc
         report = {"patients": len(patients), "failed_batches": 1, "failures": [_error(exc)]}
     except Exception as exc:
-        log.exception("batch %s of run %s failed", batch, run_id)
+        # the message of an exception that is not ours may quote data: its type only
+        log.error("batch %s of run %s failed: %s", batch, run_id, _error(exc))
         report = {"patients": len(patients), "failed_batches": 1, "failures": [_error(exc)]}
     report["seconds"] = round(time.perf_counter() - started, 3)
     runs.record_batch(store, run_id, batch, report)
@@ -350,22 +368,36 @@ def _bulk(store: redis.Redis, run: Run, cohort: list[str]) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _finish(store: redis.Redis, run_id: str) -> dict[str, Any]:
-    run = runs.load_run(store, run_id)
-    if run is None:
-        return {"run": run_id, "error": "no such run"}
+def _claim(run: Run) -> Run | None:
+    """The finish takes the run: of two copies (the chord's and the watchdog's, or a task
+    delivered twice), only one unlists and writes the Group."""
     if run.state is not State.RUNNING:
-        return {"run": run_id, "state": run.state}  # delivered twice, or cancelled
-    settings = _settings(run.base_url)
+        return None
+    return replace(run, state=State.FINISHING, touched=runs.now(), finishes=run.finishes + 1)
+
+
+def _release(run: Run) -> Run | None:
+    """A finish that will be retried gives the run back."""
+    if run.state is not State.FINISHING:
+        return None
+    return replace(run, state=State.RUNNING, touched=runs.now())
+
+
+def _finish(store: redis.Redis, run_id: str) -> dict[str, Any]:
+    run = runs.update_run(store, run_id, _claim)
+    if run is None:
+        current = runs.load_run(store, run_id)
+        return {"run": run_id, "state": current.state if current else "no such run"}
+    cohort = runs.load_cohort(store, run_id) if run.full else None
+    if run.full and run.cohort and not cohort:
+        # never an empty cohort for a lost one: that would unlist everyone
+        _fail(store, run_id, "its cohort was lost with Redis; the next run lists everyone again")
+        return {"run": run_id, "state": State.FAILED}
     info = RunInfo(run_id, run.as_of, run.started, run.tag)
-    cohort = None
-    if run.full:
-        members = store.smembers(f"{runs.PREFIX}:run:{run_id}:cohort")
-        cohort = {m.decode() for m in members}  # type: ignore[union-attr]
     try:
         setup = study_setup(run.study)
         funnel = runs.run_funnel(run, setup.study)
-        with FhirClient(settings.fhir) as client:
+        with FhirClient(_settings(run.base_url).fhir) as client:
             report = finish_run(
                 client,
                 setup,
@@ -378,10 +410,11 @@ def _finish(store: redis.Redis, run_id: str) -> dict[str, Any]:
             )
             finish_requests = client.requests
     except TransientFhirError:
+        runs.update_run(store, run_id, _release)  # the task's retry (or the watchdog) finishes
         raise
     except Exception as exc:
         _fail(store, run_id, _error(exc))
-        raise
+        raise _sanitised(exc) from None
     clean = report.state.state == "complete"
     done = runs.update_run(
         store,
@@ -398,19 +431,27 @@ def _finish(store: redis.Redis, run_id: str) -> dict[str, Any]:
         runs.remember_last_run(
             store, run.scope, runs.LastRun(done.id, done.started, done.full_started)
         )
-    store.delete(f"{runs.PREFIX}:run:{run_id}:cohort")
+    runs.drop_cohort(store, run_id)
     runs.release_lock(store, run.scope, run_id)
     return {"run": run_id, "state": done.state if done else run.state, **report.as_json()}
 
+
+WORKER_ANSWER_S = 2.0
+"""How long the watchdog waits for the workers to say what they hold."""
 
 _ENDED = {"complete": State.DONE, "partial": State.PARTIAL, "failed": State.FAILED}
 """The run's state in Redis for the state its Group records."""
 
 
 def cancel(store: redis.Redis, run_id: str) -> Run | None:
-    """Cancel a run that has not ended: its remaining batches do nothing, its study is
-    free at once. What its finished batches wrote stays (it is correct, only not complete)."""
-    run = runs.update_run(store, run_id, _end(State.CANCELLED, "cancelled by an operator"))
+    """Cancel a run that has not ended and is not finishing: its batches not yet begun do
+    nothing, its study is free at once. What its batches wrote stays (it is correct, only
+    not complete); a batch already running finishes its writes."""
+    run = runs.update_run(
+        store,
+        run_id,
+        _end(State.CANCELLED, "cancelled by an operator", only=(State.QUEUED, State.RUNNING)),
+    )
     if run is not None:
         runs.release_lock(store, run.scope, run_id)
     return run
@@ -418,30 +459,44 @@ def cancel(store: redis.Redis, run_id: str) -> Run | None:
 
 @app.task  # type: ignore[untyped-decorator]
 def watch_runs() -> dict[str, list[str]]:
-    """The watchdog: take up every run with no progress for FHIR_MATCH_STALL_SECONDS:
-    send its lost batches again, finish it, or fail it with the reason and free its study.
-    Returns what it did, by run id."""
+    """The watchdog: take up every run of this Redis with no progress for
+    FHIR_MATCH_STALL_SECONDS: send its lost batches again, finish it, or fail it with the
+    reason and free its study. Returns what it did, by run id."""
     settings = load_settings()
     store = _redis(settings)
     moment = datetime.now(UTC)
     done: dict[str, list[str]] = {"resent": [], "finished": [], "failed": []}
-    for run in _unfinished(store):
+    stalled = [r for r in _unfinished(store) if _idle_s(r, moment) >= settings.stall_s]
+    held = _batches_held() if stalled else set()
+    for run in stalled:
         in_redis = runs.load_run(store, run.id) is not None
-        action = watchdog.verdict(
-            run,
+        queue = run.queue or settings.queue
+        seen = watchdog.Seen(
             in_redis=in_redis,
             planned=set(runs.batch_plan(store, run.id)) if in_redis else set(),
             recorded=runs.recorded_batches(store, run.id) if in_redis else set(),
+            started=runs.started_batches(store, run.id) if in_redis else {},
+            held={batch for run_id, batch in held if run_id == run.id},
+            queue_waiting=int(store.llen(queue)),
+        )
+        action = watchdog.verdict(
+            run,
+            seen,
             now=moment,
             stall_s=settings.stall_s,
-            task_time_limit_s=settings.task_time_limit_s,
+            task_limit_s=settings.task_time_limit_s,
+            batch_limit_s=settings.task_time_limit_s * BATCH_SHARE,
         )
         if isinstance(action, watchdog.Resend):
-            if _resend(store, run, action.batches, moment):
+            if _taken_up(store, run, moment, resending=True):
+                log.warning("run %s: sending %d lost batches again", run.id, len(action.batches))
+                plan = runs.batch_plan(store, run.id)
+                _fan_out(run.id, {n: plan[n] for n in action.batches}, queue)
                 done["resent"].append(run.id)
         elif isinstance(action, watchdog.Finish):
-            finish_discovery.s([], run.id).apply_async(queue=run.queue or settings.queue)
-            done["finished"].append(run.id)
+            if _taken_up(store, run, moment, resending=False):
+                finish_discovery.s([], run.id).apply_async(queue=queue)
+                done["finished"].append(run.id)
         elif isinstance(action, watchdog.Fail):
             log.warning("run %s failed: %s", run.id, action.reason)
             if in_redis:
@@ -454,9 +509,29 @@ def watch_runs() -> dict[str, list[str]]:
     return done
 
 
+def _idle_s(run: Run, moment: datetime) -> float:
+    return (moment - datetime.fromisoformat(run.progress_at)).total_seconds()
+
+
+def _batches_held() -> set[tuple[str, int]]:
+    """(run, batch) of every batch task a live worker runs, holds or waits to retry: the
+    workers answer for themselves, so a batch no living worker holds is not running."""
+    inspect = app.control.inspect(timeout=WORKER_ANSWER_S)
+    held: set[tuple[str, int]] = set()
+    for answer in (inspect.active(), inspect.reserved(), inspect.scheduled()):
+        for tasks in (answer or {}).values():
+            for task in tasks:
+                request = task.get("request", task)  # scheduled tasks wrap their request
+                args = request.get("args")
+                if request.get("name") == screen_patients.name and isinstance(args, list):
+                    held.add((str(args[0]), int(args[1])))
+    return held
+
+
 def _unfinished(store: redis.Redis) -> list[Run]:
-    """Runs not ended, in Redis or (lost there) in the journal."""
-    found = {r.id: r for r in runs.journal_runs() if r.state not in runs.FINAL}
+    """Runs of this Redis not ended, in Redis or (lost there) in the journal."""
+    mine = runs.redis_identity(store)
+    found = {r.id: r for r in runs.journal_runs() if r.state not in runs.FINAL and r.redis == mine}
     for run in runs.list_runs(store, limit=200):
         if run.state not in runs.FINAL:
             found[run.id] = run
@@ -465,20 +540,20 @@ def _unfinished(store: redis.Redis) -> list[Run]:
     return list(found.values())
 
 
-def _resend(store: redis.Redis, run: Run, batches: Sequence[int], moment: datetime) -> bool:
-    """Send lost batches again, once: the run's progress moves, so a second watchdog
-    pass (or one running beside this one) sees it as moving and leaves it."""
+def _taken_up(store: redis.Redis, run: Run, moment: datetime, *, resending: bool) -> bool:
+    """Claim a stalled run for one watchdog action: its progress moves (so the next pass,
+    or one beside this one, leaves it for another stall time), lost batches count, and a
+    finish whose worker died gives the run back to be finished again."""
     seen = run.progress_at
 
     def claim(current: Run) -> Run | None:
-        if current.state is not State.RUNNING or current.progress_at != seen:
+        if current.state not in (State.RUNNING, State.FINISHING) or current.progress_at != seen:
             return None
-        return replace(current, resent=current.resent + 1, touched=moment.isoformat())
+        return replace(
+            current,
+            state=State.RUNNING,
+            touched=moment.isoformat(),
+            resent=current.resent + resending,
+        )
 
-    claimed = runs.update_run(store, run.id, claim)
-    if claimed is None:
-        return False
-    plan = runs.batch_plan(store, run.id)
-    log.warning("run %s: sending %d lost batches again", run.id, len(batches))
-    _fan_out(run.id, {n: plan[n] for n in batches}, run.queue)
-    return True
+    return runs.update_run(store, run.id, claim) is not None

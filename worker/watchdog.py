@@ -10,22 +10,25 @@ idempotent, so a batch sent again whose lost copy comes back late changes nothin
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from datetime import datetime
 
 from worker.runs import FINAL, Run, State
 
-__all__ = ["MAX_RESENDS", "Fail", "Finish", "Resend", "verdict"]
+__all__ = ["MAX_FINISHES", "MAX_RESENDS", "Fail", "Finish", "Resend", "Seen", "verdict"]
 
 MAX_RESENDS = 3
 """Lost batches are sent again this many times; a run still stuck after that has a batch
 that kills its worker every time, and is failed."""
+MAX_FINISHES = 3
+"""A finish that keeps failing (the server refuses the Group, say) is tried this often."""
 
 
 @dataclass(frozen=True)
 class Finish:
-    """Every batch reported, but the run never finished (its chord was lost)."""
+    """Every batch reported, but the run never finished (its chord was lost), or the
+    finish task died."""
 
 
 @dataclass(frozen=True)
@@ -41,42 +44,83 @@ class Fail:
 Action = Finish | Resend | Fail | None
 
 
+@dataclass(frozen=True)
+class Seen:
+    """What the watchdog knows of a run besides its record."""
+
+    in_redis: bool
+    """False for a run only the journal knows: Redis lost it."""
+    planned: Set[int]
+    """The batches the run fanned out."""
+    recorded: Set[int]
+    """Those that reported."""
+    started: Mapping[int, str]
+    """When each batch task last began."""
+    held: Set[int]
+    """Batches a live worker runs, holds or waits to retry, by the workers' own answer."""
+    queue_waiting: int
+    """Tasks waiting in the run's queue: while there are, a batch not begun is queued."""
+
+
 def _seconds_since(instant: str, now: datetime) -> float:
     return (now - datetime.fromisoformat(instant)).total_seconds() if instant else float("inf")
 
 
 def verdict(
     run: Run,
+    seen: Seen,
     *,
-    in_redis: bool,
-    planned: Set[int],
-    recorded: Set[int],
     now: datetime,
     stall_s: float,
-    task_time_limit_s: float,
+    task_limit_s: float,
+    batch_limit_s: float,
 ) -> Action:
     """What to do about ``run`` (None: leave it).
 
-    ``in_redis`` is False for a run only the journal knows: Redis lost it. ``planned``
-    and ``recorded`` are the batch numbers the run fanned out and those that reported.
+    A batch is lost when no live worker holds it and it either began (its worker died
+    under it) or never began while nothing waits in the queue (its task died with a
+    worker that had taken it, or with Redis); and, whatever the workers say, when it began
+    longer ago than a batch may run. Batches waiting behind other work, or still running,
+    are left alone however long the run takes.
     """
+    idle = _seconds_since(run.progress_at, now)
     if run.state in FINAL:
         return None
-    if not in_redis:
+    if not seen.in_redis:
+        if idle < stall_s:
+            return None
         return Fail("its state was lost with Redis; the next run evaluates everyone again")
     if run.state is State.QUEUED:
-        return None  # not started: the broker still holds its task, or workers are away
+        if idle > stall_s and seen.queue_waiting == 0:
+            return Fail("its task was lost before it started; the next run takes over")
+        return None
+    if run.state is State.FINISHING:
+        # the finish task cannot outlive its time limit: past it, its worker died
+        return _finish_again(run) if idle > task_limit_s + stall_s else None
     if not run.study_ref or run.fetch == "bulk":
-        # still finding the cohort (or screening a bulk export) inside the discover task,
-        # which cannot outlive its time limit
-        if _seconds_since(run.started, now) > task_time_limit_s + stall_s:
-            return Fail("its worker stopped before the run's batches were sent")
+        # still finding the cohort (or screening a bulk export) inside the discover task
+        if idle > task_limit_s + stall_s:
+            return Fail("its worker stopped before the run's batches were done")
         return None
-    if _seconds_since(run.progress_at, now) < stall_s:
+    if idle < stall_s:
         return None
-    missing = tuple(sorted(planned - recorded))
+    missing = sorted(seen.planned - seen.recorded)
     if not missing:
-        return Finish()
+        return _finish_again(run)
+    lost = tuple(
+        n
+        for n in missing
+        if (n in seen.started and _seconds_since(seen.started[n], now) > batch_limit_s)
+        or (n not in seen.held and (n in seen.started or seen.queue_waiting == 0))
+    )
+    if not lost:
+        return None
     if run.resent >= MAX_RESENDS:
-        return Fail(f"{len(missing)} batches were lost {run.resent + 1} times")
-    return Resend(missing)
+        return Fail(f"{len(lost)} batches were lost {run.resent + 1} times")
+    return Resend(lost)
+
+
+def _finish_again(run: Run) -> Action:
+    if run.finishes >= MAX_FINISHES:
+        return Fail(f"its finish failed {run.finishes} times")
+    return Finish()

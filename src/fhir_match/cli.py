@@ -80,8 +80,8 @@ def _run_status(settings: Settings) -> dict[str, list[str]]:
     stuck = stalled(recent, moment, settings.stall_s)
     for run in stuck:
         print(
-            f"fhir-match: run {run.id} of {run.study} has made no progress since "
-            f"{run.progress_at} (the watchdog takes it up; fhir-match runs show {run.id})",
+            f"fhir-match: run {run.id} of {run.study} ({run.state}) has made no progress "
+            f"since {run.progress_at} (fhir-match runs show {run.id})",
             file=sys.stderr,
         )
     return {
@@ -226,10 +226,17 @@ def cmd_discover(args: argparse.Namespace) -> int:
     store = _store(settings)
     run_id = str(uuid.uuid4())
     queued = time.monotonic()
-    runs.new_run(
-        store,
-        runs.Run(run_id, study.id, runs.State.QUEUED, queued=runs.now(), tag=args.tag or ""),
+    queued_run = runs.Run(
+        run_id,
+        study.id,
+        runs.State.QUEUED,
+        queued=runs.now(),
+        tag=args.tag or "",
+        mode=args.mode,
+        fetch=args.fetch,
+        queue=settings.queue,
     )
+    runs.new_run(store, queued_run)
     discover.apply_async(
         task_id=run_id,
         kwargs={
@@ -285,11 +292,21 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.action == "cancel":
         cancelled = cancel(store, args.run_id)
         if cancelled is None:
-            run = runs.load_run(store, args.run_id) or runs.journal_run(args.run_id)
+            run = runs.load_run(store, args.run_id)
             if run is None:
-                fatal(f"no run {args.run_id}", EXIT_FAILURE)
+                known = runs.journal_run(args.run_id) is not None
+                fatal(
+                    f"run {args.run_id} is not in Redis"
+                    + (" (only in the journal: the watchdog ends it)" if known else ""),
+                    EXIT_FAILURE,
+                )
+            if run.state is runs.State.FINISHING:
+                fatal(f"run {args.run_id} is finishing: it ends in a moment", EXIT_FAILURE)
             fatal(f"run {args.run_id} has already ended ({run.state})", EXIT_FAILURE)
-        print(f"run {args.run_id} cancelled; {cancelled.study} is free to run again")
+        print(
+            f"run {args.run_id} cancelled; {cancelled.study} is free to run again "
+            "(a batch already running finishes its writes)"
+        )
         return EXIT_OK
     run = runs.load_run(store, args.run_id) or runs.journal_run(args.run_id)
     if run is None:

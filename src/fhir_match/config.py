@@ -43,9 +43,10 @@ DEFAULT_MAX_WAIT_S = 120.0
 """Longest total time one request may spend waiting between retries."""
 DEFAULT_TASK_TIME_LIMIT_S = 1800.0
 """Half an hour: a cohort search or a run's finish on a large, slow server, with retries."""
-DEFAULT_STALL_S = 600.0
-"""Ten minutes without a batch done: a healthy batch of 100 patients takes seconds to a
-minute, and a retried one waits at most about five."""
+DEFAULT_STALL_S = 120.0
+"""Two minutes without a batch done before the watchdog looks closer: it then asks the
+workers which batches they hold, so a batch running long, or queued behind another run,
+is never taken for lost."""
 DEFAULT_WATCH_EVERY_S = 60.0
 
 AuthMethod = Literal["none", "basic", "bearer", "smart-backend"]

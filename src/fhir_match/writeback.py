@@ -199,8 +199,9 @@ def find_study(client: FhirClient, study: Study, tag: str = "", configured: str 
     """``ResearchStudy/<id>`` the study's runs write to and its readers read, or None
     before the first run: the one ``configured`` names (its setting), else
     :func:`choose_study` among those with the registry identifier. Discovery, ``candidates``
-    and the review app all find it here."""
-    if configured:
+    and the review app all find it here. A tagged run (test data) never uses the setting:
+    it must not write into the hospital's own study."""
+    if configured and not tag:
         try:
             client.read("ResearchStudy", configured)
         except FatalFhirError as exc:

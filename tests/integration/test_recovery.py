@@ -94,7 +94,7 @@ def _send_run(env: dict[str, str], population: Population) -> str:
 def _wait_for(
     store: redis.Redis, run_id: str, ready: str, timeout_s: float, *, tolerate_outage: bool = False
 ) -> runs.Run:
-    """Poll the run's record until ``ready`` holds: "in-flight" (batches sent, some not
+    """Poll the run's record until ``ready`` holds: "in-flight" (a batch begun, some not
     done) or "ended"."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -109,7 +109,8 @@ def _wait_for(
                 return run
             if ready == "in-flight" and run.state in runs.FINAL:
                 pytest.fail(f"the run ended before it could be interrupted: {run.state}")
-            if ready == "in-flight" and run.study_ref and run.batches.batches_done < 2:
+            begun = run.study_ref and runs.started_batches(store, run_id)
+            if ready == "in-flight" and begun and run.batches.batches_done < run.batches_total:
                 return run
         time.sleep(0.05)  # polling the run's record for a state, not waiting for an effect
     pytest.fail(f"run {run_id} was not {ready} within {timeout_s:.0f}s")

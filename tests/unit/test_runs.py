@@ -36,15 +36,25 @@ def _running(progress_minutes_ago: float, **changes: object) -> Run:
     return replace(run, **changes)  # type: ignore[arg-type]
 
 
-def _verdict(run: Run, recorded: set[int], in_redis: bool = True) -> watchdog.Action:
-    return watchdog.verdict(
-        run,
+def _verdict(
+    run: Run,
+    recorded: set[int],
+    in_redis: bool = True,
+    *,
+    started: dict[int, str] | None = None,
+    held: set[int] | None = None,
+    queue_waiting: int = 0,
+) -> watchdog.Action:
+    seen = watchdog.Seen(
         in_redis=in_redis,
         planned={0, 1, 2, 3},
         recorded=recorded,
-        now=NOW,
-        stall_s=STALL_S,
-        task_time_limit_s=LIMIT_S,
+        started=started if started is not None else {n: _at(5) for n in range(4)},
+        held=held or set(),
+        queue_waiting=queue_waiting,
+    )
+    return watchdog.verdict(
+        run, seen, now=NOW, stall_s=STALL_S, task_limit_s=LIMIT_S, batch_limit_s=LIMIT_S / 3
     )
 
 
@@ -52,8 +62,24 @@ def test_a_moving_run_is_left_alone() -> None:
     assert _verdict(_running(progress_minutes_ago=2), {0, 1}) is None
 
 
-def test_a_stalled_run_gets_its_lost_batches_sent_again() -> None:
+def test_a_stalled_run_gets_the_batches_no_live_worker_holds_sent_again() -> None:
     assert _verdict(_running(progress_minutes_ago=11), {0, 1}) == watchdog.Resend((2, 3))
+    assert _verdict(_running(11), {0, 1}, held={2}) == watchdog.Resend((3,))
+
+
+def test_a_batch_a_worker_still_runs_or_that_waits_in_the_queue_is_not_lost() -> None:
+    assert _verdict(_running(11), {0, 1}, held={2, 3}) is None
+    waiting = _verdict(_running(11), {0, 1}, started={}, queue_waiting=5)
+    assert waiting is None  # queued behind other work, however long that takes
+
+
+def test_a_batch_older_than_its_time_limit_is_lost_whatever_the_workers_say() -> None:
+    started = {2: _at(11), 3: _at(1)}
+    assert _verdict(_running(11), {0, 1}, started=started, held={2, 3}) == watchdog.Resend((2,))
+
+
+def test_a_batch_never_begun_is_lost_only_when_nothing_waits_in_the_queue() -> None:
+    assert _verdict(_running(11), {0, 1}, started={}) == watchdog.Resend((2, 3))
 
 
 def test_a_stalled_run_whose_batches_all_reported_is_finished() -> None:
@@ -72,23 +98,43 @@ def test_a_run_whose_batches_keep_getting_lost_fails_with_the_reason() -> None:
     assert "2 batches were lost" in action.reason
 
 
-def test_a_run_redis_lost_fails_with_the_reason() -> None:
-    action = _verdict(_running(progress_minutes_ago=1), {0, 1}, in_redis=False)
+def test_a_run_redis_lost_fails_with_the_reason_once_it_stalled() -> None:
+    assert _verdict(_running(progress_minutes_ago=1), {0, 1}, in_redis=False) is None
+    action = _verdict(_running(progress_minutes_ago=11), {0, 1}, in_redis=False)
     assert isinstance(action, watchdog.Fail)
     assert "lost with Redis" in action.reason
 
 
 def test_a_run_still_finding_its_cohort_fails_only_after_its_task_could_have_ended() -> None:
-    finding = replace(_running(0), study_ref="", batches_total=0, started=_at(20), touched=_at(20))
+    finding = replace(_running(20), study_ref="", batches_total=0, started=_at(20))
     assert _verdict(finding, set()) is None  # the discover task may still run
-    dead = replace(finding, started=_at(45), touched=_at(45))
+    dead = replace(_running(45), study_ref="", batches_total=0, started=_at(45))
     action = _verdict(dead, set())
     assert isinstance(action, watchdog.Fail)
-    assert "before the run's batches were sent" in action.reason
+    assert "before the run's batches were done" in action.reason
 
 
-@pytest.mark.parametrize("state", [State.QUEUED, State.DONE, State.FAILED, State.CANCELLED])
-def test_queued_and_ended_runs_are_left_alone(state: State) -> None:
+def test_a_finish_whose_worker_died_is_finished_again_and_a_failing_one_fails() -> None:
+    finishing = _running(45, state=State.FINISHING, touched=_at(45), finishes=1)
+    assert _verdict(finishing, {0, 1, 2, 3}) == watchdog.Finish()
+    assert _verdict(replace(finishing, touched=_at(5)), {0, 1, 2, 3}) is None
+    worn = replace(finishing, finishes=watchdog.MAX_FINISHES)
+    action = _verdict(worn, {0, 1, 2, 3})
+    assert isinstance(action, watchdog.Fail)
+    assert "finish failed" in action.reason
+
+
+def test_a_queued_run_whose_task_was_lost_fails_but_one_waiting_its_turn_does_not() -> None:
+    queued = _running(0, state=State.QUEUED, queued=_at(30), started="", touched="")
+    queued = replace(queued, batches=BatchTotals())
+    assert _verdict(queued, set(), queue_waiting=3) is None
+    action = _verdict(queued, set())
+    assert isinstance(action, watchdog.Fail)
+    assert "lost before it started" in action.reason
+
+
+@pytest.mark.parametrize("state", [State.DONE, State.FAILED, State.CANCELLED, State.SKIPPED])
+def test_ended_runs_are_left_alone(state: State) -> None:
     assert _verdict(_running(progress_minutes_ago=30, state=state), {0}) is None
 
 
