@@ -242,8 +242,12 @@ def new_run(client: redis.Redis, run: Run) -> Run:
 
 
 def load_run(client: redis.Redis, run_id: str) -> Run | None:
-    """The run with its batches' reports summed, or None if Redis has no such run."""
-    raw = client.get(_key(run_id))
+    """The run with its batches' reports summed, or None if Redis has no such run (or
+    only a record in the older, hash-shaped format of an earlier version)."""
+    try:
+        raw = client.get(_key(run_id))
+    except redis.ResponseError:
+        return None
     if not isinstance(raw, bytes):
         return None
     return _with_batches(client, Run.from_json(json.loads(raw)))
