@@ -233,7 +233,8 @@ def subject_identifier(study: Study, patient: str, tag: str = "") -> str:
 def is_ours(subject: Json, study: Study) -> bool:
     """A subject fhir-match wrote for this study (coordinators' own subjects are left alone)."""
     return any(
-        i.get("system") == SUBJECT_SYSTEM and str(i.get("value", "")).startswith(f"{study.id}-")
+        i.get("system") == SUBJECT_SYSTEM
+        and str(i.get("value", "")).startswith((f"{study.id}-", f"{study.id}:"))
         for i in subject.get("identifier") or []
     )
 

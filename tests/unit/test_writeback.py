@@ -15,6 +15,7 @@ from fhir_match.writeback import (
     RunInfo,
     RunState,
     criteria_of,
+    is_ours,
     match_of,
     plan_change,
     snapshot_group,
@@ -213,3 +214,10 @@ def test_a_tagged_runs_subject_is_its_own() -> None:
 
     assert change is not None
     assert change.subject["identifier"][0]["value"] == "kn5501:trial-1-p1"
+
+
+def test_a_tagged_runs_subject_is_still_fhir_matchs_own() -> None:
+    tagged_run = RunInfo("run-2", "2026-06-01", "2026-06-01T02:00:00+00:00", "trial-1")
+    change = plan_change(STUDY, STUDY_REF, PATIENT, evaluation(), None, tagged_run)
+    assert change is not None
+    assert is_ours(change.subject, STUDY)
