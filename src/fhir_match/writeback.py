@@ -33,6 +33,7 @@ from fhir_match.config import research_study_setting
 from fhir_match.errors import ConfigError, FatalFhirError
 from fhir_match.evaluate.study import Study
 from fhir_match.fhir import FhirClient, Search
+from fhir_match.fhir.models import to_json
 from fhir_match.funnel import Funnel
 from fhir_match.records import CriterionResult, DataIssue, Json, PatientEvaluation
 from fhir_match.tagging import TAG_SYSTEM, tag_token, tagged
@@ -199,17 +200,18 @@ def find_study(client: FhirClient, study: Study, tag: str = "", configured: str 
     """``ResearchStudy/<id>`` the study's runs write to and its readers read, or None
     before the first run: the one ``configured`` names (its setting), else
     :func:`choose_study` among those with the registry identifier. Discovery, ``candidates``
-    and the review app all find it here. A tagged run (test data) never uses the setting:
-    it must not write into the hospital's own study."""
-    if configured and not tag:
+    and the review app all find it here. A tagged run (test data) uses the setting only
+    for a study carrying its tag: it never writes into the hospital's own study."""
+    if configured:
         try:
-            client.read("ResearchStudy", configured)
+            named = to_json(client.read("ResearchStudy", configured))
         except FatalFhirError as exc:
             raise ConfigError(
                 f"{research_study_setting(study.id)} names ResearchStudy/{configured}, which "
                 f"the FHIR server does not give (HTTP {exc.status})"
             ) from None
-        return f"ResearchStudy/{configured}"
+        if not tag or tag in _run_tags(named):
+            return f"ResearchStudy/{configured}"
     found = [
         entry["resource"]
         for page in client.pages(study_search(study, tag))

@@ -240,6 +240,8 @@ class FaultProxy:
         self._server: _Server | None = None
         self._stopped = threading.Event()
         self._dropping = threading.Event()
+        self._passing = threading.Event()
+        self._passing.set()
         self._lifetime = threading.Timer(lifetime_s, self.stop)
         self._lifetime.daemon = True
         self.port = 0
@@ -389,7 +391,16 @@ class FaultProxy:
             answer.body = json.dumps(page).encode()
         return answer
 
+    def hold(self) -> None:
+        """Keep new requests waiting (as a gateway queues them) until :meth:`release`:
+        what the server does meanwhile (a restart) is sure to meet the run."""
+        self._passing.clear()
+
+    def release(self) -> None:
+        self._passing.set()
+
     def _forward(self, method: str, target: str, headers: dict[str, str], body: bytes) -> _Answer:
+        self._passing.wait(HOLD_LIMIT_S)
         try:
             response = self._upstream.request(
                 method, self._origin + target, headers=headers, content=body
@@ -400,6 +411,10 @@ class FaultProxy:
             return _failure(Fault.BAD_GATEWAY)  # the server is down: what a gateway says
         kept = {k: v for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP}
         return _Answer(response.status_code, kept, response.content)
+
+
+HOLD_LIMIT_S = 120.0
+"""The longest a held request waits: a test that forgets to release still ends."""
 
 
 def _failure(fault: Fault) -> _Answer:

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,7 +118,7 @@ def own_hapi(tmp_path: Path) -> Iterator[OwnHapi]:
 def load(fhir: FhirClient, folder: Path) -> Population:
     """A population on the test's own server (discarded with it: nothing to remove)."""
     generate(60, 1415, folder, "ndjson", itp_share=0.6)
-    tag = "test-restart"
+    tag = f"test-restart-{uuid.uuid4().hex[:8]}"  # its own lock, whatever ran before
     loaded = seed(fhir, [folder / "fhir"], tag, folder / "seed.done", workers=2)
     assert not loaded.failed
     assert not loaded.skipped
@@ -137,7 +138,9 @@ def test_a_fhir_server_restarted_mid_run_gives_the_intended_list(
 
     def restart() -> None:
         stopping = time.monotonic()
+        proxy.hold()  # no request slips through while the server shuts down gracefully
         own_hapi.stop()
+        proxy.release()  # what was held now meets a stopped server
         timings["stopped"] = time.monotonic()
         threading.Event().wait(OUTAGE_S)  # the outage itself: the server stays down 60 s
         timings["start_up"] = own_hapi.start()
