@@ -80,8 +80,10 @@ def verdict(
     A batch is lost when no live worker holds it and it either began (its worker died
     under it) or never began while nothing waits in the queue (its task died with a
     worker that had taken it, or with Redis); and, whatever the workers say, when it began
-    longer ago than a batch may run. Batches waiting behind other work, or still running,
-    are left alone however long the run takes.
+    longer ago than a batch may run, or a worker has held it unbegun for longer than that
+    with nothing done meanwhile (a worker that lost its broker keeps such a task and never
+    runs it). Batches waiting in the queue, or still running, are left alone however long
+    the run takes.
     """
     idle = _seconds_since(run.progress_at, now)
     if run.state in FINAL:
@@ -112,6 +114,7 @@ def verdict(
         for n in missing
         if (n in seen.started and _seconds_since(seen.started[n], now) > batch_limit_s)
         or (n not in seen.held and (n in seen.started or seen.queue_waiting == 0))
+        or (n in seen.held and n not in seen.started and idle > batch_limit_s)
     )
     if not lost:
         return None

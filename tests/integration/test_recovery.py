@@ -38,6 +38,7 @@ RECOVERY_BOUND_S = 240
 on a 2-core machine that also runs the FHIR server."""
 WATCHDOG_ENV = {
     "FHIR_MATCH_STALL_SECONDS": str(STALL_S),
+    "FHIR_MATCH_TASK_TIME_LIMIT": "90",  # a batch may run 30 s: plenty for 15 patients
     "FHIR_MATCH_WATCH_SECONDS": "2",
     "FHIR_MATCH_SCHEDULE": "0 0 1 1 *",  # no scheduled discovery during the test
 }

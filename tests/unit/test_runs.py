@@ -78,6 +78,13 @@ def test_a_batch_older_than_its_time_limit_is_lost_whatever_the_workers_say() ->
     assert _verdict(_running(11), {0, 1}, started=started, held={2, 3}) == watchdog.Resend((2,))
 
 
+def test_a_batch_a_worker_holds_unbegun_past_a_batch_time_limit_is_lost() -> None:
+    started = {2: _at(5)}
+    assert _verdict(_running(5), {0, 1}, started=started, held={2, 3}) is None
+    late = _verdict(_running(11), {0, 1}, started=started, held={2, 3})
+    assert late == watchdog.Resend((3,))  # 2 runs still (begun within its limit)
+
+
 def test_a_batch_never_begun_is_lost_only_when_nothing_waits_in_the_queue() -> None:
     assert _verdict(_running(11), {0, 1}, started={}) == watchdog.Resend((2, 3))
 
