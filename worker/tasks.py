@@ -295,7 +295,10 @@ def _record_failure(run: Run, study_ref: str) -> None:
     setup = study_setup(run.study)
     info = RunInfo(run.id, run.as_of, run.started, run.tag)
     funnel = runs.run_funnel(run, setup.study) if run.cohort else None
-    with FhirClient(_settings(run.base_url or None).fhir) as client:
+    fhir = _settings(run.base_url or None).fhir
+    # best effort, once: a server that is gone must not hold up the task (the watchdog)
+    quick = replace(fhir, max_retries=0, timeout_s=min(fhir.timeout_s, FAILURE_TIMEOUT_S))
+    with FhirClient(quick) as client:
         record_failed_run(client, setup, study_ref, info, run.reason, funnel)
 
 
@@ -436,6 +439,8 @@ def _finish(store: redis.Redis, run_id: str) -> dict[str, Any]:
     return {"run": run_id, "state": done.state if done else run.state, **report.as_json()}
 
 
+FAILURE_TIMEOUT_S = 10.0
+"""The longest the failed Group of a run may take to write."""
 WORKER_ANSWER_S = 2.0
 """How long the watchdog waits for the workers to say what they hold."""
 
@@ -469,44 +474,59 @@ def watch_runs() -> dict[str, list[str]]:
     stalled = [r for r in _unfinished(store) if _idle_s(r, moment) >= settings.stall_s]
     held = _batches_held() if stalled else set()
     for run in stalled:
-        in_redis = runs.load_run(store, run.id) is not None
-        queue = run.queue or settings.queue
-        seen = watchdog.Seen(
-            in_redis=in_redis,
-            planned=set(runs.batch_plan(store, run.id)) if in_redis else set(),
-            recorded=runs.recorded_batches(store, run.id) if in_redis else set(),
-            started=runs.started_batches(store, run.id) if in_redis else {},
-            held={batch for run_id, batch in held if run_id == run.id},
-            queue_waiting=int(store.llen(queue)),
-        )
-        action = watchdog.verdict(
-            run,
-            seen,
-            now=moment,
-            stall_s=settings.stall_s,
-            task_limit_s=settings.task_time_limit_s,
-            batch_limit_s=settings.task_time_limit_s * BATCH_SHARE,
-        )
-        if isinstance(action, watchdog.Resend):
-            if _taken_up(store, run, moment, resending=True):
-                log.warning("run %s: sending %d lost batches again", run.id, len(action.batches))
-                plan = runs.batch_plan(store, run.id)
-                _fan_out(run.id, {n: plan[n] for n in action.batches}, queue)
-                done["resent"].append(run.id)
-        elif isinstance(action, watchdog.Finish):
-            if _taken_up(store, run, moment, resending=False):
-                finish_discovery.s([], run.id).apply_async(queue=queue)
-                done["finished"].append(run.id)
-        elif isinstance(action, watchdog.Fail):
-            log.warning("run %s failed: %s", run.id, action.reason)
-            if in_redis:
-                _fail(store, run.id, action.reason)
-            else:
-                lost = runs.fail_lost(run, action.reason)
-                runs.release_lock(store, run.scope, run.id)
-                _record_failure(lost, run.study_ref)
-            done["failed"].append(run.id)
+        try:
+            _watch(store, settings, run, held, moment, done)
+        except Exception as exc:  # one run's trouble never stops the watch of the others
+            log.error("watching run %s failed: %s", run.id, _error(exc))
     return done
+
+
+def _watch(
+    store: redis.Redis,
+    settings: Settings,
+    run: Run,
+    held: set[tuple[str, int]],
+    moment: datetime,
+    done: dict[str, list[str]],
+) -> None:
+    """Decide about one stalled run and carry the decision out."""
+    in_redis = runs.load_run(store, run.id) is not None
+    queue = run.queue or settings.queue
+    seen = watchdog.Seen(
+        in_redis=in_redis,
+        planned=set(runs.batch_plan(store, run.id)) if in_redis else set(),
+        recorded=runs.recorded_batches(store, run.id) if in_redis else set(),
+        started=runs.started_batches(store, run.id) if in_redis else {},
+        held={batch for run_id, batch in held if run_id == run.id},
+        queue_waiting=int(store.llen(queue)),
+    )
+    action = watchdog.verdict(
+        run,
+        seen,
+        now=moment,
+        stall_s=settings.stall_s,
+        task_limit_s=settings.task_time_limit_s,
+        batch_limit_s=settings.task_time_limit_s * BATCH_SHARE,
+    )
+    if isinstance(action, watchdog.Resend):
+        if _taken_up(store, run, moment, resending=True):
+            log.warning("run %s: sending %d lost batches again", run.id, len(action.batches))
+            plan = runs.batch_plan(store, run.id)
+            _fan_out(run.id, {n: plan[n] for n in action.batches}, queue)
+            done["resent"].append(run.id)
+    elif isinstance(action, watchdog.Finish):
+        if _taken_up(store, run, moment, resending=False):
+            finish_discovery.s([], run.id).apply_async(queue=queue)
+            done["finished"].append(run.id)
+    elif isinstance(action, watchdog.Fail):
+        log.warning("run %s failed: %s", run.id, action.reason)
+        if in_redis:
+            _fail(store, run.id, action.reason)
+        else:
+            lost = runs.fail_lost(run, action.reason)
+            runs.release_lock(store, run.scope, run.id)
+            _record_failure(lost, run.study_ref)
+        done["failed"].append(run.id)
 
 
 def _idle_s(run: Run, moment: datetime) -> float:
