@@ -3,10 +3,10 @@
 A discovery run is three kinds of task:
 ``discover`` takes the study's lock, finds the cohort and fans it out in batches;
 ``screen_patients`` fetches, evaluates and writes back one batch (patient ids in, counts
-out); ``finish_discovery``, the chord's callback, unlists whom a full run no longer finds,
-writes the run's Group with the run's funnel and releases the lock. ``watch_runs``, sent
-by beat, takes up runs that stopped moving (worker/watchdog.py). Every task is
-idempotent, so a redelivered task (``acks_late``) changes nothing the second time.
+out); ``finish_discovery``, sent by the last batch to report, unlists whom a full run
+no longer finds, writes the run's Group with the run's funnel and releases the lock.
+``watch_runs``, sent by beat, takes up runs that stopped moving (worker/watchdog.py).
+Every task is idempotent, so a redelivered task (``acks_late``) changes nothing the second time.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import redis
-from celery import Task, chord
+from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_shutdown
 
@@ -258,15 +258,13 @@ def discover(
 
 
 def _fan_out(run_id: str, batches: dict[int, list[str]], queue: str) -> None:
-    """Send batches as a chord whose callback finishes the run."""
-    header = [
-        screen_patients.s(run_id, n, patients).set(queue=queue) for n, patients in batches.items()
-    ]
-    callback = finish_discovery.s(run_id).set(queue=queue)
-    if header:
-        chord(header)(callback)
-    else:
-        callback.apply_async(args=([],))
+    """Send batches; the batch that finds every planned batch reported finishes the run
+    (a chord would finish it when the batches it sent are done: a re-sent few would
+    finish it before the others)."""
+    if not batches:
+        finish_discovery.s([], run_id).apply_async(queue=queue)
+    for n, patients in batches.items():
+        screen_patients.s(run_id, n, patients).apply_async(queue=queue)
 
 
 def _sanitised(exc: Exception) -> Exception:
@@ -331,7 +329,14 @@ def screen_patients(self: Task, run_id: str, batch: int, patients: Sequence[str]
         report = {"patients": len(patients), "failed_batches": 1, "failures": [_error(exc)]}
     report["seconds"] = round(time.perf_counter() - started, 3)
     runs.record_batch(store, run_id, batch, report)
+    if not _waiting_for(store, run_id):
+        finish_discovery.s([], run_id).apply_async(queue=run.queue or settings.queue)
     return {"batch": batch, "failed": bool(report.get("failed_batches"))}
+
+
+def _waiting_for(store: redis.Redis, run_id: str) -> set[int]:
+    """The planned batches that have not reported."""
+    return set(runs.batch_plan(store, run_id)) - runs.recorded_batches(store, run_id)
 
 
 @app.task(  # type: ignore[untyped-decorator]
@@ -372,7 +377,7 @@ def _bulk(store: redis.Redis, run: Run, cohort: list[str]) -> None:
 
 
 def _claim(run: Run) -> Run | None:
-    """The finish takes the run: of two copies (the chord's and the watchdog's, or a task
+    """The finish takes the run: of two copies (two last batches', the watchdog's, or a task
     delivered twice), only one unlists and writes the Group."""
     if run.state is not State.RUNNING:
         return None
@@ -387,6 +392,8 @@ def _release(run: Run) -> Run | None:
 
 
 def _finish(store: redis.Redis, run_id: str) -> dict[str, Any]:
+    if waiting := _waiting_for(store, run_id):
+        return {"run": run_id, "waiting_for": len(waiting)}  # the last batch finishes it
     run = runs.update_run(store, run_id, _claim)
     if run is None:
         current = runs.load_run(store, run_id)

@@ -2,7 +2,7 @@
 
 A worker killed mid-run (an OOM kill, a lost node, a careless deploy) takes its batches
 with it, and Celery's Redis transport hands them back only after the visibility timeout;
-a Redis that lost its state loses the chord that would have finished the run. Beat sends
+a Redis that lost its state loses the finish the last batch sent. Beat sends
 the watchdog every minute; for each unfinished run with no progress for the stall time
 it decides one of the actions below, and worker/tasks.py carries it out. Every task is
 idempotent, so a batch sent again whose lost copy comes back late changes nothing.
@@ -27,7 +27,7 @@ MAX_FINISHES = 3
 
 @dataclass(frozen=True)
 class Finish:
-    """Every batch reported, but the run never finished (its chord was lost), or the
+    """Every batch reported, but the run never finished (its finish task was lost), or the
     finish task died."""
 
 
