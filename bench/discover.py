@@ -153,18 +153,14 @@ def _own_peak_mb() -> float:
 
 def in_process(mode: str, tag: str) -> dict[str, Any]:
     """Run in a child process: one discovery of ``tag`` the ``mode`` way; figures as JSON."""
-    from fhir_match.discovery import (
-        PATIENTS_PER_BATCH,
-        ensure_study,
-        find_patients,
-        finish_run,
-        screen_batch,
-        study_setup,
-    )
+    from fhir_match.cohort import find_cohort
+    from fhir_match.discovery import PATIENTS_PER_BATCH, ensure_study, finish_run, screen_batch
     from fhir_match.fetch import fetch_records
     from fhir_match.funnel import Funnel
     from fhir_match.records import DataIssue
+    from fhir_match.runtime import study_setup
     from fhir_match.screen import study_engine
+    from fhir_match.sources import Fetch
     from fhir_match.writeback import RunInfo
 
     setup = study_setup(STUDY)
@@ -174,7 +170,7 @@ def in_process(mode: str, tag: str) -> dict[str, Any]:
     with FhirClient(load_settings().fhir) as client:
         if mode == LOWER:
             started = time.perf_counter()
-            cohort = find_patients(client, setup, tag)
+            cohort = find_cohort(client, setup.cohort, tag)
             found = time.perf_counter()
             for i in range(0, len(cohort), PATIENTS_PER_BATCH):
                 chunk = cohort[i : i + PATIENTS_PER_BATCH]
@@ -189,14 +185,16 @@ def in_process(mode: str, tag: str) -> dict[str, Any]:
                 recorded = datetime.now(UTC).isoformat(timespec="seconds")
                 run = RunInfo(f"bench-{uuid.uuid4().hex[:12]}", AS_OF, recorded, tag)
                 study_ref = ensure_study(client, setup.study, tag)
-                cohort = find_patients(client, setup, tag)
+                cohort = find_cohort(client, setup.cohort, tag)
                 found = time.perf_counter()
                 removed: Counter[str] = Counter()
                 outcomes: Counter[str] = Counter()
                 evaluated = 0
                 for i in range(0, len(cohort), per_batch):
                     chunk = cohort[i : i + per_batch]
-                    report = screen_batch(client, setup, engine, chunk, study_ref, run)
+                    report = screen_batch(
+                        client, setup, engine, Fetch.SEARCH, chunk, study_ref, run
+                    )
                     issues += report.failures + report.written.failed
                     written += report.written.created + report.written.updated
                     removed += report.removed
@@ -298,7 +296,7 @@ def worker_run(store: redis.Redis, worker: Worker, fetch: str, tag: str) -> dict
     run = record.as_json()
     batches = run["batches"]
     # A bulk run's own count covers its batches too; a search run's is theirs summed.
-    fetched = run["bulk_requests"] if fetch == "bulk" else batches.get("requests", 0)
+    fetched = batches.get("requests", 0)
     return {
         "seconds": seconds,
         "cohort": run["cohort"],

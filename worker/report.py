@@ -30,7 +30,7 @@ def _progress(run: Run) -> str:
 
 
 def run_line(run: Run, now: datetime) -> list[str]:
-    mode = "bulk" if run.fetch == "bulk" else ("full" if run.full else run.mode)
+    mode = "full" if run.full else run.mode
     return [
         run.id,
         run.study + (f" [{run.tag}]" if run.tag else ""),
@@ -54,6 +54,13 @@ def run_table(runs: Iterable[Run], now: datetime) -> str:
     )
 
 
+_FETCHED = {
+    "search": "by searches naming many patients",
+    "patient": "one patient per request",
+    "files": "from the export's files",
+}
+
+
 def run_details(run: Run, now: datetime) -> str:
     """One run: what it was asked, its counts, its funnel, its failures, its timings."""
     b = run.batches
@@ -61,8 +68,9 @@ def run_details(run: Run, now: datetime) -> str:
         f"run       {run.id}",
         f"study     {run.study}" + (f" (tag {run.tag})" if run.tag else ""),
         f"state     {run.state}" + (f": {run.reason}" if run.reason else ""),
-        f"mode      {'full' if run.full else 'incremental'}, fetch {run.fetch}, "
+        f"mode      {'full' if run.full else 'incremental'}, "
         f"as of {run.as_of or '-'}" + (f", changed since {run.since}" if run.since else ""),
+        f"cohort by {run.source or '-'}; records fetched {_FETCHED.get(run.fetch, run.fetch)}",
         f"server    {run.base_url or '-'}",
         f"queued    {run.queued}",
         f"started   {run.started or '-'}",
@@ -76,8 +84,8 @@ def run_details(run: Run, now: datetime) -> str:
         f"{b.unused} values not used (e.g. a unit that cannot be converted)",
         f"written   {b.created} subjects created, {b.updated} updated"
         + (f"; listed {run.result.get('listed')}" if run.result else ""),
-        f"requests  {run.cohort_requests + b.requests + run.bulk_requests + run.finish_requests}"
-        f" (cohort {run.cohort_requests}, batches {b.requests}, finish {run.finish_requests})",
+        f"requests  {run.cohort_requests + b.requests + run.finish_requests}"
+        f" (finding {run.cohort_requests}, batches {b.requests}, finish {run.finish_requests})",
         f"time      batches {b.seconds:.1f} s of worker time",
     ]
     if run.funnel:

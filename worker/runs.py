@@ -46,6 +46,7 @@ __all__ = [
     "journal_run",
     "journal_runs",
     "last_run",
+    "leave_cohort",
     "list_runs",
     "load_cohort",
     "load_run",
@@ -142,7 +143,10 @@ class Run:
     queued: str
     tag: str = ""
     mode: str = "auto"
+    source: str = ""
+    """How the cohort is found, in a few words (sources.describe)."""
     fetch: str = "search"
+    """How batches fetch their records (sources.Fetch)."""
     queue: str = ""
     """The Celery queue its tasks go to: where the watchdog sends lost batches again."""
     base_url: str = ""
@@ -156,7 +160,6 @@ class Run:
     cohort: int = 0
     cohort_requests: int = 0
     batches_total: int = 0
-    bulk_requests: int = 0
     finish_requests: int = 0
     resent: int = 0
     """How many times the watchdog sent lost batches again."""
@@ -310,17 +313,27 @@ def started_batches(client: redis.Redis, run_id: str) -> dict[int, str]:
     return {int(n): t.decode() for n, t in marks.items()}
 
 
+_KEPT = ""
+"""A member every saved cohort has, so that an empty cohort is told from a lost one."""
+
+
 def save_cohort(client: redis.Redis, run_id: str, patients: Sequence[str]) -> None:
     """A full run's cohort: whom the finish keeps listed (the others left it)."""
     key = f"{_key(run_id)}:cohort"
     client.delete(key)
-    if patients:
-        client.sadd(key, *patients)
-        client.expire(key, RUN_TTL_S)
+    client.sadd(key, _KEPT, *patients)
+    client.expire(key, RUN_TTL_S)
 
 
-def load_cohort(client: redis.Redis, run_id: str) -> set[str]:
-    return {m.decode() for m in cast(set[bytes], client.smembers(f"{_key(run_id)}:cohort"))}
+def leave_cohort(client: redis.Redis, run_id: str, patients: Sequence[str]) -> None:
+    """Patients a batch found outside the cohort (their own record says so): unlisted."""
+    client.srem(f"{_key(run_id)}:cohort", *patients)
+
+
+def load_cohort(client: redis.Redis, run_id: str) -> set[str] | None:
+    """A full run's cohort, or None when Redis lost it."""
+    members = cast(set[bytes], client.smembers(f"{_key(run_id)}:cohort"))
+    return {m.decode() for m in members} - {_KEPT} if members else None
 
 
 def drop_cohort(client: redis.Redis, run_id: str) -> None:

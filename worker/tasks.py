@@ -24,23 +24,23 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_shutdown
 
-from fhir_match.config import PROJECT_DIR, Settings, load_settings
+from fhir_match.config import PROJECT_DIR, CohortSetting, Settings, load_settings
 from fhir_match.discovery import (
     PATIENTS_PER_BATCH,
     BatchReport,
-    bulk_screen,
     ensure_study,
-    find_patients,
     finish_run,
     record_failed_run,
     screen_batch,
-    study_setup,
+    screen_files,
 )
 from fhir_match.errors import FhirMatchError, TransientFhirError
 from fhir_match.evaluate.engine import NodeCqlEngine
 from fhir_match.fhir import FhirClient
+from fhir_match.runtime import study_setup
 from fhir_match.screen import study_engine
 from fhir_match.server import describe_server
+from fhir_match.sources import Fetch, Found, always_full, choose_source, describe, find
 from fhir_match.writeback import RunInfo
 from worker import runs, watchdog
 from worker.app import BATCH_SHARE, app
@@ -162,15 +162,18 @@ def discover(
     mode: str = "auto",
     tag: str = "",
     fetch: str = "search",
+    cohort: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Start a discovery run of one study: lock it, find the cohort, fan out the batches.
+    """Start a discovery run of one study: lock it, find the patients, fan out the batches.
 
     ``mode`` is full (every patient of the cohort), incremental (only those whose record
     changed since the last run) or auto (incremental, full when the last full run is older
     than FHIR_MATCH_FULL_EVERY_DAYS). With a run ``tag``, only patients found through
-    resources carrying it are screened, and what is written carries it. ``fetch`` is
-    search (batches fanned out to evaluation tasks) or bulk (one Bulk Data export, screened
-    here, batch by batch; always a full run). The run's id is this task's id.
+    resources carrying it are screened, and what is written carries it. ``cohort`` says how
+    the cohort is found (config.CohortSetting's fields; default: this worker's settings);
+    ``fetch`` bulk makes the search way fetch records by one Bulk Data export. A run whose
+    records come from an export is screened here, batch by batch; the others' batches are
+    fanned out. The run's id is this task's id.
     """
     run_id = str(self.request.id)
     settings = _settings(base_url)
@@ -179,9 +182,9 @@ def discover(
     run = runs.load_run(store, run_id) or runs.new_run(
         store, Run(run_id, study_id, State.QUEUED, queued=runs.now(), tag=tag)
     )
-    if run.state in runs.FINAL or (run.study_ref and run.fetch != "bulk"):
+    if run.state in runs.FINAL or (run.study_ref and run.fetch != Fetch.FILES):
         # cancelled, or delivered again after its batches were sent: the batches, or the
-        # watchdog if they were lost, take it from there (a bulk run screens again)
+        # watchdog if they were lost, take it from there (an export run screens again)
         return {"run": run_id, "state": run.state}
     if not runs.acquire_lock(store, run.scope, run_id):
         holder = runs.lock_holder(store, run.scope)
@@ -191,11 +194,6 @@ def discover(
         return {"run": run_id, "state": State.SKIPPED}
     study_ref = ""
     as_of = as_of or date.today().isoformat()
-    last = runs.last_run(store, run.scope)
-    full = fetch == "bulk" or _full(settings, last, mode)
-    since = None
-    if not full and last is not None:
-        since = (datetime.fromisoformat(last.started) - SINCE_MARGIN).isoformat()
     started = run.started or runs.now()
     begun = runs.update_run(
         store,
@@ -203,37 +201,47 @@ def discover(
         lambda r: _start(
             r,
             mode=mode,
-            fetch=fetch,
             queue=queue,
             base_url=settings.fhir.base_url,
             as_of=as_of,
-            full=full,
-            since=since,
             started=started,
-            full_started=started if full else (last.full_started if last else None),
         ),
     )
     if begun is None:  # cancelled (or failed) meanwhile: the lock is not ours to keep
         runs.release_lock(store, run.scope, run_id)
         return {"run": run_id, "state": "ended before it started"}
+    folder = PROJECT_DIR / "var" / "runs" / run_id
     try:
         setup = study_setup(study_id)
+        setting = CohortSetting(**cohort) if cohort else settings.cohort(study_id)
+        last = runs.last_run(store, run.scope)
         with FhirClient(settings.fhir) as client:
+            source = choose_source(setting, **_abilities(client), bulk=fetch == "bulk")
+            full = always_full(source) or _full(settings, last, mode)
+            since = None
+            if not full and last is not None:
+                since = (datetime.fromisoformat(last.started) - SINCE_MARGIN).isoformat()
             study_ref = ensure_study(client, setup.study, tag, settings.research_study(study_id))
-            cohort = find_patients(client, setup, tag)
+            found = find(client, setup, source, folder, tag=tag, since=since)
             cohort_requests = client.requests
-        size = PATIENTS_PER_BATCH if fetch == "bulk" else _batch_size(len(cohort))
-        batches = [cohort[i : i + size] for i in range(0, len(cohort), size)]
+        local = found.fetch is Fetch.FILES
+        size = PATIENTS_PER_BATCH if local else _batch_size(len(found.patients))
+        batches = [found.patients[i : i + size] for i in range(0, len(found.patients), size)]
         if full:
-            runs.save_cohort(store, run_id, cohort)
-        runs.save_plan(store, run_id, [] if fetch == "bulk" else batches)
+            runs.save_cohort(store, run_id, found.patients)
+        runs.save_plan(store, run_id, [] if local else batches)
         fanned = runs.update_run(
             store,
             run_id,
             lambda r: _start(
                 r,
+                source=describe(source),
+                fetch=found.fetch,
+                full=full,
+                since=since,
+                full_started=started if full else (last.full_started if last else None),
                 study_ref=study_ref,
-                cohort=len(cohort),
+                cohort=len(found.patients),
                 cohort_requests=cohort_requests,
                 batches_total=len(batches),
             ),
@@ -241,8 +249,8 @@ def discover(
         if fanned is None:  # cancelled (or failed) meanwhile
             runs.release_lock(store, run.scope, run_id)
             return {"run": run_id, "state": "ended while finding the cohort"}
-        if fetch == "bulk":
-            _bulk(store, fanned, cohort)
+        if local:
+            _screen_files(store, fanned, found)
     except TransientFhirError:
         if self.request.retries < TASK_RETRIES:
             raise  # autoretry: the lock stays with this run meanwhile
@@ -251,10 +259,22 @@ def discover(
     except Exception as exc:
         _fail(store, run_id, _error(exc), study_ref)
         raise _sanitised(exc) from None
-    if fetch == "bulk":
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    if local:
         return _finish(store, run_id)
     _fan_out(run_id, dict(enumerate(batches)), queue)
-    return {"run": run_id, "state": "running", "cohort": len(cohort), "batches": len(batches)}
+    return {
+        "run": run_id,
+        "state": "running",
+        "cohort": len(found.patients),
+        "batches": len(batches),
+    }
+
+
+def _abilities(client: FhirClient) -> dict[str, bool]:
+    """What the server's CapabilityStatement says it allows, as choose_source asks."""
+    return {"group_export": True, "population_search": True}
 
 
 def _fan_out(run_id: str, batches: dict[int, list[str]], queue: str) -> None:
@@ -316,9 +336,12 @@ def screen_patients(self: Task, run_id: str, batch: int, patients: Sequence[str]
         setup = study_setup(run.study)
         engine = _engine(run.study, run.as_of)
         with FhirClient(settings.fhir) as client:
-            report = screen_batch(
-                client, setup, engine, patients, run.study_ref, info, since=run.since
-            ).as_json()
+            screened = screen_batch(
+                client, setup, engine, Fetch(run.fetch), patients, run.study_ref, info, run.since
+            )
+        if run.full and screened.outside:
+            runs.leave_cohort(store, run_id, screened.outside)
+        report = screened.as_json()
     except TransientFhirError as exc:
         if self.request.retries < TASK_RETRIES:
             raise self.retry(exc=exc, countdown=min(300, 10 * 2**self.request.retries)) from exc
@@ -351,29 +374,18 @@ def finish_discovery(self: Task, results: list[dict[str, Any]], run_id: str) -> 
     return _finish(_redis(load_settings()), run_id)
 
 
-def _bulk(store: redis.Redis, run: Run, cohort: list[str]) -> None:
-    """Screen the whole cohort from one Bulk Data export, recording each batch."""
+def _screen_files(store: redis.Redis, run: Run, found: Found) -> None:
+    """Screen a run's patients from its export files, recording each batch."""
     info = RunInfo(run.id, run.as_of, run.started, run.tag)
     setup = study_setup(run.study)
     engine = _engine(run.study, run.as_of)
-    folder = PROJECT_DIR / "var" / "runs" / run.id
-    batches = iter(range(len(cohort) + 1))
-    batch_requests = 0
+    batches = iter(range(len(found.patients) + 2))
 
     def record(report: BatchReport) -> None:
-        nonlocal batch_requests
-        batch_requests += report.requests
         runs.record_batch(store, run.id, next(batches), report.as_json())
 
-    try:
-        with FhirClient(_settings(run.base_url).fhir) as client:
-            total = bulk_screen(client, setup, engine, cohort, run.study_ref, info, folder, record)
-        # the export's own requests; the batches' are in their reports
-        runs.update_run(
-            store, run.id, lambda r: replace(r, bulk_requests=total.requests - batch_requests)
-        )
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    with FhirClient(_settings(run.base_url).fhir) as client:
+        screen_files(client, setup, engine, found, run.study_ref, info, record)
 
 
 def _claim(run: Run) -> Run | None:
@@ -399,7 +411,7 @@ def _finish(store: redis.Redis, run_id: str) -> dict[str, Any]:
         current = runs.load_run(store, run_id)
         return {"run": run_id, "state": current.state if current else "no such run"}
     cohort = runs.load_cohort(store, run_id) if run.full else None
-    if run.full and run.cohort and not cohort:
+    if run.full and cohort is None:
         # never an empty cohort for a lost one: that would unlist everyone
         _fail(store, run_id, "its cohort was lost with Redis; the next run lists everyone again")
         return {"run": run_id, "state": State.FAILED}

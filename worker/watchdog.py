@@ -99,8 +99,8 @@ def verdict(
     if run.state is State.FINISHING:
         # the finish task cannot outlive its time limit: past it, its worker died
         return _finish_again(run) if idle > task_limit_s + stall_s else None
-    if not run.study_ref or run.fetch == "bulk":
-        # still finding the cohort (or screening a bulk export) inside the discover task
+    if not run.study_ref or run.fetch == "files":
+        # still finding the cohort (or screening an export's files) inside the discover task
         if idle > task_limit_s + stall_s:
             return Fail("its worker stopped before the run's batches were done")
         return None

@@ -6,13 +6,20 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from fhir_match import __version__
-from fhir_match.config import PROJECT_DIR, Settings, load_settings, mask_url_password
+from fhir_match.config import (
+    COHORT_SOURCES,
+    PROJECT_DIR,
+    CohortSetting,
+    Settings,
+    load_settings,
+    mask_url_password,
+)
 from fhir_match.errors import ConfigError, FhirError, FhirMatchError
 
 if TYPE_CHECKING:
@@ -211,6 +218,23 @@ def _store(settings: Settings) -> redis.Redis:
     return store
 
 
+def _cohort_setting(args: argparse.Namespace, settings: Settings, study_id: str) -> CohortSetting:
+    """How this run finds its cohort: the flags, else the settings for the study."""
+    configured = settings.cohort(study_id)
+    registry = args.patient_list or configured.patient_list
+    if registry and not registry.startswith(("Group/", "List/")):
+        registry = str(Path(registry).resolve())  # the worker reads it, from elsewhere
+    try:
+        return replace(
+            configured,
+            source=args.source or configured.source,
+            group=(args.group or configured.group).removeprefix("Group/"),
+            patient_list=registry,
+        )
+    except ConfigError as exc:
+        fatal(str(exc), EXIT_CONFIG)
+
+
 def cmd_discover(args: argparse.Namespace) -> int:
     """Run cohort discovery for a study through the worker; write the candidate list back."""
     import time
@@ -246,6 +270,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
             "mode": args.mode,
             "tag": args.tag or "",
             "fetch": args.fetch,
+            "cohort": asdict(_cohort_setting(args, settings, study.id)),
         },
     )
     print(f"run {run_id} of {study.id} queued", file=sys.stderr)
@@ -438,11 +463,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--tag", help="only patients found through resources with this run tag (test data)"
     )
     discover.add_argument(
+        "--source",
+        choices=COHORT_SOURCES,
+        help="how the cohort is found (default: $FHIR_MATCH_COHORT_SOURCE, else auto): "
+        "search across patients, a Bulk Data export of the population --group, or a "
+        "registry read one patient at a time (--patient-list)",
+    )
+    discover.add_argument(
+        "--group", help="the population Group's id (default: $FHIR_MATCH_COHORT_GROUP)"
+    )
+    discover.add_argument(
+        "--patient-list",
+        help="the registry: Group/<id>, List/<id> or a file of patient ids "
+        "(default: $FHIR_MATCH_PATIENT_LIST)",
+    )
+    discover.add_argument(
         "--fetch",
         choices=("search", "bulk"),
         default="search",
-        help="search: batched searches fanned out to the workers (default); bulk: one Bulk "
-        "Data $export of the cohort (large populations; always a full run)",
+        help="with the search source: batched searches fanned out to the workers (default), "
+        "or one Bulk Data $export of the cohort (always a full run)",
     )
     discover.add_argument("--wait", action="store_true", help="show progress until it ends")
     discover.add_argument(

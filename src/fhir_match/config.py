@@ -15,12 +15,14 @@ from fhir_match.records import RECORD_TYPES
 from fhir_match.signing import signing_key
 
 __all__ = [
+    "COHORT_SOURCES",
     "DEFAULT_BACKEND_SCOPE",
     "DEFAULT_FHIR_BASE_URL",
     "DEFAULT_REDIS_URL",
     "PROJECT_DIR",
     "AuthMethod",
     "BackendServices",
+    "CohortSetting",
     "FhirSettings",
     "Settings",
     "load_settings",
@@ -125,6 +127,41 @@ class FhirSettings:
         return replace(self, base_url=base_url)
 
 
+COHORT_SOURCES = ("auto", "search", "group-export", "patient-list")
+"""How discovery finds a study's cohort (README, "Connecting to a hospital's EHR")."""
+
+
+@dataclass(frozen=True)
+class CohortSetting:
+    """How one study's cohort is found on the server: FHIR_MATCH_COHORT_SOURCE,
+    FHIR_MATCH_COHORT_GROUP and FHIR_MATCH_PATIENT_LIST, each also per study with a
+    ``_<STUDY>`` suffix (FHIR_MATCH_COHORT_GROUP_KN5501)."""
+
+    source: str = "auto"
+    """auto: group-export when a group is named and the server exports groups, patient-list
+    when a group or list is named, else search."""
+    group: str = ""
+    """The population Group the hospital provisions (an id): exported, or read as a registry."""
+    patient_list: str = ""
+    """A registry: ``Group/<id>``, ``List/<id>``, or a file of patient ids."""
+
+    def __post_init__(self) -> None:
+        _check_cohort_value("FHIR_MATCH_COHORT_SOURCE", self.source)
+        _check_cohort_value("FHIR_MATCH_COHORT_GROUP", self.group)
+        if self.source == "group-export" and not self.group:
+            raise ConfigError("FHIR_MATCH_COHORT_SOURCE=group-export needs FHIR_MATCH_COHORT_GROUP")
+        if self.source == "patient-list" and not self.registry:
+            raise ConfigError(
+                "FHIR_MATCH_COHORT_SOURCE=patient-list needs FHIR_MATCH_PATIENT_LIST "
+                "(Group/<id>, List/<id> or a file) or FHIR_MATCH_COHORT_GROUP"
+            )
+
+    @property
+    def registry(self) -> str:
+        """The registry a patient-list run reads: the list named, else the population group."""
+        return self.patient_list or (f"Group/{self.group}" if self.group else "")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a run needs to know, recorded with each run (secrets masked)."""
@@ -152,6 +189,24 @@ class Settings:
     research_studies: tuple[tuple[str, str], ...] = ()
     """(setting name, ResearchStudy id) from FHIR_MATCH_RESEARCH_STUDY_<STUDY>: the study
     resource to use when several on the server carry the study's registry identifier."""
+
+    cohort_settings: tuple[tuple[str, str], ...] = ()
+    """Every FHIR_MATCH_COHORT_SOURCE, _COHORT_GROUP and _PATIENT_LIST set, as (name, value),
+    with or without a study suffix: :meth:`cohort` resolves them for a study."""
+
+    def cohort(self, study_id: str) -> CohortSetting:
+        """How the study's cohort is found: its own settings, else the deployment's."""
+        given = dict(self.cohort_settings)
+        suffix = _study_suffix(study_id)
+
+        def value(name: str) -> str:
+            return given.get(f"{name}_{suffix}") or given.get(name, "")
+
+        return CohortSetting(
+            source=value("FHIR_MATCH_COHORT_SOURCE") or "auto",
+            group=value("FHIR_MATCH_COHORT_GROUP").removeprefix("Group/"),
+            patient_list=value("FHIR_MATCH_PATIENT_LIST"),
+        )
 
     def research_study(self, study_id: str) -> str:
         """The ResearchStudy id configured for a study, or empty: find it on the server."""
@@ -202,10 +257,41 @@ _RESEARCH_STUDY = "FHIR_MATCH_RESEARCH_STUDY_"
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
+def _study_suffix(study_id: str) -> str:
+    return re.sub(r"[^A-Z0-9]", "_", study_id.upper())
+
+
 def research_study_setting(study_id: str) -> str:
     """The environment variable naming a study's ResearchStudy id (kn5501:
     FHIR_MATCH_RESEARCH_STUDY_KN5501)."""
-    return _RESEARCH_STUDY + re.sub(r"[^A-Z0-9]", "_", study_id.upper())
+    return _RESEARCH_STUDY + _study_suffix(study_id)
+
+
+_COHORT_SETTINGS = (
+    "FHIR_MATCH_COHORT_SOURCE",
+    "FHIR_MATCH_COHORT_GROUP",
+    "FHIR_MATCH_PATIENT_LIST",
+)
+
+
+def cohort_settings(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The cohort settings set in ``env``, checked as far as they can be without a study."""
+    found = tuple(
+        (name, value.strip())
+        for name, value in sorted(env.items())
+        if name.startswith(_COHORT_SETTINGS) and value.strip()
+    )
+    for name, value in found:
+        _check_cohort_value(name, value)
+    return found
+
+
+def _check_cohort_value(name: str, value: str) -> None:
+    if name.startswith("FHIR_MATCH_COHORT_SOURCE") and value not in COHORT_SOURCES:
+        raise ConfigError(f"{name} must be one of {', '.join(COHORT_SOURCES)}, got {value!r}")
+    group = value.removeprefix("Group/")
+    if name.startswith("FHIR_MATCH_COHORT_GROUP") and group and not _FHIR_ID.fullmatch(group):
+        raise ConfigError(f"{name} must be a Group id, got {value!r}")
 
 
 def research_study_ids(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
@@ -314,4 +400,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         stall_s=_number(env, "FHIR_MATCH_STALL_SECONDS", DEFAULT_STALL_S),
         watch_every_s=_number(env, "FHIR_MATCH_WATCH_SECONDS", DEFAULT_WATCH_EVERY_S),
         research_studies=research_study_ids(env),
+        cohort_settings=cohort_settings(env),
     )

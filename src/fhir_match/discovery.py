@@ -1,4 +1,5 @@
-"""A discovery run's steps against a FHIR server: find -> fetch -> evaluate -> write back.
+"""A discovery run's steps against a FHIR server: find -> fetch -> evaluate -> write back,
+composed here for every way of finding and fetching (sources.py).
 
 Each step takes ids and returns counts, so a Celery task (worker/tasks.py) can run it with
 nothing but ids in its arguments; the benchmark runs the same steps in one process.
@@ -7,36 +8,21 @@ Every step is idempotent: run twice, it writes nothing the second time.
 
 from __future__ import annotations
 
-import functools
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from itertools import islice
-from pathlib import Path
 
-from fhir_match.cohort import cohort_searches, find_cohort
 from fhir_match.errors import FatalFhirError, FhirError
-from fhir_match.evaluate.engine import CqlEvaluator, retrieved_types, translate_cql
+from fhir_match.evaluate.engine import CqlEvaluator
 from fhir_match.evaluate.evaluator import evaluate_batch
-from fhir_match.evaluate.study import Study, load_study
-from fhir_match.fetch import (
-    PAGE_SIZE,
-    RecordSearch,
-    changed_patients,
-    fetch_records,
-    patient_chunks,
-    record_searches,
-)
+from fhir_match.evaluate.study import Study
 from fhir_match.fhir import FhirClient, Search
-from fhir_match.fhir.bulk import export
 from fhir_match.fhir.models import parse_resource
-from fhir_match.files import map_references, read_resources
 from fhir_match.funnel import Funnel, removals
-from fhir_match.grouping import group_by_patient
-from fhir_match.normalise import Normaliser
 from fhir_match.records import DataIssue, Json, PatientEvaluation, PatientRecord
-from fhir_match.screen import load_normaliser
+from fhir_match.runtime import StudySetup
+from fhir_match.sources import Fetch, Found, fetch_batch, file_batches
 from fhir_match.tagging import tag_token
 from fhir_match.writeback import (
     LISTED,
@@ -61,43 +47,17 @@ __all__ = [
     "PATIENTS_PER_BATCH",
     "BatchReport",
     "FinishReport",
-    "StudySetup",
-    "bulk_screen",
     "ensure_study",
-    "find_patients",
     "finish_run",
     "read_subjects",
     "record_failed_run",
     "screen_batch",
-    "study_setup",
+    "screen_files",
 ]
 
 SUBJECT_PAGE_SIZE = 500
 PATIENTS_PER_BATCH = 100
 """Patients per evaluation batch: a few requests per resource type, one engine call."""
-
-
-@dataclass(frozen=True)
-class StudySetup:
-    """What a process reads from disk once per study: the rules, terminology and searches."""
-
-    study: Study
-    normaliser: Normaliser
-    cohort: tuple[Search, ...]
-    records: tuple[RecordSearch, ...]
-
-
-@functools.cache
-def study_setup(study_id: str) -> StudySetup:
-    study = load_study(study_id)
-    translate_cql()
-    normaliser = load_normaliser(study)
-    return StudySetup(
-        study=study,
-        normaliser=normaliser,
-        cohort=cohort_searches(study, normaliser.terminology),
-        records=record_searches(retrieved_types(study.library, study.library_version)),
-    )
 
 
 def ensure_study(client: FhirClient, study: Study, tag: str = "", configured: str = "") -> str:
@@ -123,12 +83,6 @@ def ensure_study(client: FhirClient, study: Study, tag: str = "", configured: st
     return f"ResearchStudy/{created.id}"
 
 
-def find_patients(client: FhirClient, setup: StudySetup, tag: str = "") -> list[str]:
-    """The study's cohort: ``Patient/<id>`` of everyone who could be listed (with a run
-    tag, only among resources carrying it)."""
-    return find_cohort(client, setup.cohort, tag)
-
-
 @dataclass
 class BatchReport:
     """What one batch did; counts only, fit to store with the run."""
@@ -149,6 +103,9 @@ class BatchReport:
     skipped: int = 0
     """Resources left out, of a shape the rules cannot read: each costs only itself (and
     is no failure of the run: a bad record in the EHR must not keep every run partial)."""
+    outside: list[str] = field(default_factory=list)
+    """Patients their own record puts outside the cohort: a full run unlists them. Not
+    stored with the report (the run's cohort is kept apart)."""
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -167,33 +124,63 @@ class BatchReport:
 
 
 def screen_batch(
-    client: FhirClient,
+    ehr: FhirClient,
     setup: StudySetup,
     engine: CqlEvaluator,
+    fetch: Fetch,
     patients: Sequence[str],
     study_ref: str,
     run: RunInfo,
     since: str | None = None,
 ) -> BatchReport:
-    """Fetch, evaluate and write back one batch of patients.
+    """Fetch, evaluate and write back one batch of patients, fetched the ``fetch`` way.
 
     With ``since`` (an instant), only patients with a resource of their record changed since
     then are fetched and evaluated. A subject a coordinator changes while this runs is
     re-read and planned again once; if it changes again, the next run takes it.
     """
-    sent = client.requests
+    sent = ehr.requests
     report = BatchReport(patients=len(patients))
-    if since is not None:
-        changed = changed_patients(
-            client, setup.records, patients, since, lambda r: is_ours(r, setup.study)
-        )
-        report.unchanged = len(patients) - len(changed)
-        patients = [p for p in patients if p in changed]
-    if patients:
-        records = fetch_records(client, setup.records, patients, report.failures.append)
-        _evaluate_and_write(client, setup, engine, records, study_ref, run, report)
-    report.requests = client.requests - sent
+    fetched = fetch_batch(
+        ehr,
+        setup,
+        fetch,
+        patients,
+        report.failures.append,
+        since=since,
+        ignore=lambda r: is_ours(r, setup.study),
+    )
+    report.unchanged = fetched.unchanged
+    report.outside = fetched.outside
+    if fetched.records:
+        _evaluate_and_write(ehr, setup, engine, fetched.records, study_ref, run, report)
+    report.requests = ehr.requests - sent
     return report
+
+
+def screen_files(
+    ehr: FhirClient,
+    setup: StudySetup,
+    engine: CqlEvaluator,
+    found: Found,
+    study_ref: str,
+    run: RunInfo,
+    on_batch: Callable[[BatchReport], None] = lambda report: None,
+) -> None:
+    """Evaluate and write back the patients of an export, a batch at a time (memory stays
+    flat), each batch reported to ``on_batch`` as it is done."""
+    issues: list[DataIssue] = list(found.issues)
+    batches = file_batches(ehr, found.patients, found.files, PATIENTS_PER_BATCH, issues.append)
+    for records in batches:
+        sent = ehr.requests
+        report = BatchReport(patients=len(records))
+        report.failures += issues
+        issues.clear()
+        _evaluate_and_write(ehr, setup, engine, records, study_ref, run, report)
+        report.requests = ehr.requests - sent
+        on_batch(report)
+    if issues:
+        on_batch(BatchReport(failures=issues))
 
 
 def _evaluate_and_write(
@@ -216,97 +203,6 @@ def _evaluate_and_write(
     existing = our_subjects([r for record in records for r in record.resources], study)
     evaluations = {e.patient: e for e in result.evaluations}
     report.written.add(write_evaluations(client, study, study_ref, run, evaluations, existing))
-
-
-BULK_MAX_POLL_S = 10.0
-"""Longest wait between status polls of an export. Servers' Retry-After is obeyed below
-this; HAPI FHIR always asks for 120 s, whatever the job's progress."""
-_SHARED = ("Medication", "ResearchStudy")
-"""Resources a record refers to that are in no patient's compartment: not in an export."""
-
-
-def bulk_screen(
-    client: FhirClient,
-    setup: StudySetup,
-    engine: CqlEvaluator,
-    patients: Sequence[str],
-    study_ref: str,
-    run: RunInfo,
-    folder: Path,
-    on_batch: Callable[[BatchReport], None] = lambda report: None,
-) -> BatchReport:
-    """The Bulk Data fetch mode: one ``Patient/$export`` of the cohort's records into
-    ``folder``, then evaluate and write back a batch at a time (memory stays flat).
-
-    It serves full runs: an export ``_since`` a date holds only the changed resources, not
-    whole records. The Medications and ResearchStudies records refer to are read by id.
-    """
-    sent = client.requests
-    total = BatchReport(patients=len(patients))
-    if not patients:
-        return total
-    types = [s.resource_type for s in setup.records]
-    exported = export(
-        client, folder, types=types, patients=patients, max_poll_interval_s=BULK_MAX_POLL_S
-    )
-    total.failures += [DataIssue("bulk export", error) for error in exported.errors]
-    wanted = set(patients)
-    resources = read_resources(exported.files, total.failures.append)
-    records = (r for r in group_by_patient(resources) if r.patient in wanted)
-    while batch := list(islice(records, PATIENTS_PER_BATCH)):
-        report = BatchReport(patients=len(batch))
-        batch_sent = client.requests
-        complete = _with_shared(client, batch)
-        _evaluate_and_write(client, setup, engine, complete, study_ref, run, report)
-        report.requests = client.requests - batch_sent
-        on_batch(report)
-        total.evaluated += report.evaluated
-        total.outcomes += report.outcomes
-        total.removed += report.removed
-        total.failures += report.failures
-        total.unused += report.unused
-        total.skipped += report.skipped
-        total.written.add(report.written)
-    total.requests = client.requests - sent
-    return total
-
-
-def _references_in(resources: Sequence[Json]) -> set[str]:
-    found: set[str] = set()
-
-    def note(reference: str) -> str:
-        found.add(reference)
-        return reference
-
-    map_references(list(resources), note)
-    return found
-
-
-def _with_shared(client: FhirClient, records: Sequence[PatientRecord]) -> list[PatientRecord]:
-    """The records with the Medications and ResearchStudies they refer to, read by id."""
-    wanted = {
-        reference
-        for record in records
-        for reference in _references_in(record.resources)
-        if reference.partition("/")[0] in _SHARED and reference.count("/") == 1
-    }
-    found: dict[str, Json] = {}
-    for kind in _SHARED:
-        ids = sorted(r.partition("/")[2] for r in wanted if r.startswith(f"{kind}/"))
-        for chunk in patient_chunks(ids):
-            search = Search(kind).where("_id", *chunk).count(PAGE_SIZE)
-            for page in client.pages(search):
-                for entry in page.get("entry") or []:
-                    resource = entry.get("resource") or {}
-                    found[f"{kind}/{resource.get('id')}"] = resource
-    return [
-        PatientRecord(
-            record.patient,
-            record.resources
-            + tuple(found[r] for r in sorted(_references_in(record.resources)) if r in found),
-        )
-        for record in records
-    ]
 
 
 def read_subjects(

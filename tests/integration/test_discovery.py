@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from fhir_match.candidates import Candidate, current_candidates
-from fhir_match.discovery import find_patients, study_setup
+from fhir_match.cohort import find_cohort
 from fhir_match.evaluate.study import load_study
 from fhir_match.fhir import FhirClient, Search
 from fhir_match.fhir.models import parse_resource, to_json
@@ -28,6 +28,7 @@ from fhir_match.files import fhir_files, read_resources
 from fhir_match.funnel import Funnel
 from fhir_match.grouping import patient_of
 from fhir_match.records import Json
+from fhir_match.runtime import study_setup
 from fhir_match.screen import ScreenSummary, criterion_json, screen, study_engine
 from fhir_match.tagging import TAG_SYSTEM, tag_token
 from fhir_match.writeback import RUN_SYSTEM, funnel_of, match_of
@@ -148,7 +149,7 @@ def test_the_runs_funnel_on_its_group_equals_screens_on_the_same_patients(
     assert funnel.scope == "full"
     assert funnel.not_evaluated == 0
     # A run reads only its cohort, the patients the study's discovery searches find.
-    cohort = set(find_patients(fhir, study_setup(STUDY), population.tag))
+    cohort = set(find_cohort(fhir, study_setup(STUDY).cohort, population.tag))
     assert funnel.found == run.cohort == len(cohort)
 
     summary = run_screen(
@@ -182,7 +183,7 @@ def test_the_cohort_holds_a_diagnosis_coded_by_its_systems_oid(
     }
     fhir.create(parse_resource(run_tag.mark(condition)))
 
-    cohort = find_patients(fhir, study_setup(STUDY), run_tag.code)
+    cohort = find_cohort(fhir, study_setup(STUDY).cohort, run_tag.code)
 
     assert cohort == [f"Patient/{patient.id}"]
 

@@ -21,12 +21,13 @@ import redis
 
 from fhir_match.candidates import current_candidates
 from fhir_match.config import load_settings, research_study_setting
-from fhir_match.discovery import ensure_study, finish_run, record_failed_run, study_setup
+from fhir_match.discovery import ensure_study, finish_run, record_failed_run
 from fhir_match.errors import ConfigError
 from fhir_match.evaluate.study import load_study
 from fhir_match.fhir import FhirClient, Search
 from fhir_match.fhir.models import parse_resource, to_json
 from fhir_match.funnel import Funnel
+from fhir_match.runtime import study_setup
 from fhir_match.writeback import (
     RUN_SYSTEM,
     STUDY_SYSTEM,

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from fhir_match.cohort import cohort_searches
-from fhir_match.discovery import study_setup
 from fhir_match.evaluate.study import load_study
 from fhir_match.fetch import patient_chunks, record_searches
 from fhir_match.funnel import Funnel
 from fhir_match.records import CriterionResult, PatientEvaluation
+from fhir_match.runtime import study_setup
 from fhir_match.writeback import (
     EXT_MATCH,
     RunInfo,

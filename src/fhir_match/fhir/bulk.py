@@ -1,4 +1,5 @@
-"""Bulk Data ``$export`` (FHIR Bulk Data Access v2): a patient-level export into NDJSON files.
+"""Bulk Data ``$export`` (FHIR Bulk Data Access v2): a patient- or group-level export into
+NDJSON files.
 
 An alternative to paging through searches: the server builds the files itself, so a large
 population costs a handful of requests instead of one per page.
@@ -21,6 +22,9 @@ What HAPI FHIR 8.8.0 (the local server) does, checked against it:
   and the files stay until HAPI expires them.
 - Even with a ``_since`` in the future, an export without patients walks every patient
   (still running after 30 s with 10,000 patients).
+- ``GET [base]/Group/<id>/$export`` exports the Group's members (``member.entity``) and their
+  resources; it refuses (400, HAPI-0512) a ``_type`` outside the patient compartment, such
+  as Medication. Hospital EHRs offer only this level (the population group they provision).
 """
 
 from __future__ import annotations
@@ -111,25 +115,30 @@ def export(
     types: Sequence[str],
     type_filters: Sequence[str] = (),
     patients: Sequence[str] = (),
+    group: str | None = None,
     since: str | None = None,
     deadline_s: float = 3600.0,
     max_poll_interval_s: float = MAX_POLL_S,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> BulkExport:
-    """Export ``types`` from ``[base]/Patient/$export`` into ``out_dir/<type>-<n>.ndjson``.
+    """Export ``types`` from ``[base]/Patient/$export`` (or ``[base]/Group/<group>/$export``)
+    into ``out_dir/<type>-<n>.ndjson``.
 
     ``type_filters`` are ``_typeFilter`` queries (``Observation?code=777-3``); ``patients``
-    (``Patient/<id>`` references) restricts the export to them, which needs a POST kick-off;
-    ``since`` is a FHIR instant. Polls wait as the server's Retry-After says, clamped to
-    [1 s, ``max_poll_interval_s``]. An export not finished ``deadline_s`` after it starts is
+    (``Patient/<id>`` references) restricts a patient-level export to them, which needs a
+    POST kick-off; ``group`` (an id) exports that Group's members; ``since`` is a FHIR
+    instant. Polls wait as the server's Retry-After says, clamped to [1 s,
+    ``max_poll_interval_s``]. An export not finished ``deadline_s`` after it starts is
     cancelled and raises TransientFhirError: nothing failed, the server is just slower than
     allowed, so a later run may succeed. The status URL is deleted at the end either way,
     which lets the server clean up. Downloads are not bounded by the deadline.
     """
     started = clock()
     calls = _Counted(client)
-    kick_off = _kick_off(calls, types, type_filters, patients, since)
+    if group is not None and patients:
+        raise ValueError("a group export cannot also name patients")
+    kick_off = _kick_off(calls, types, type_filters, patients, group, since)
     status_url = kick_off.headers["Content-Location"]
     try:
         manifest = _await_manifest(
@@ -158,9 +167,11 @@ def _kick_off(
     types: Sequence[str],
     type_filters: Sequence[str],
     patients: Sequence[str],
+    group: str | None,
     since: str | None,
 ) -> httpx.Response:
-    url = f"{calls.client.base_url}/Patient/$export"
+    level = "Patient" if group is None else f"Group/{group}"
+    url = f"{calls.client.base_url}/{level}/$export"
     headers = {"Prefer": "respond-async", "Accept": FHIR_JSON}
     params = [("_outputFormat", NDJSON)]
     if types:
