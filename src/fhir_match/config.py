@@ -24,6 +24,7 @@ __all__ = [
     "BackendServices",
     "CohortSetting",
     "FhirSettings",
+    "ForeignLinks",
     "Settings",
     "load_settings",
     "mask_url_password",
@@ -52,6 +53,8 @@ is never taken for lost."""
 DEFAULT_WATCH_EVERY_S = 60.0
 
 AuthMethod = Literal["none", "basic", "bearer", "smart-backend"]
+ForeignLinks = Literal["refuse", "rewrite"]
+_FOREIGN_LINKS = ("refuse", "rewrite")
 _AUTH_METHODS = ("none", "basic", "bearer", "smart-backend")
 _MASK = "***"
 
@@ -105,8 +108,17 @@ class FhirSettings:
     max_wait_s: float = DEFAULT_MAX_WAIT_S
     backend: BackendServices | None = None
     """The SMART Backend Services registration, when ``auth`` is ``smart-backend``."""
+    foreign_links: ForeignLinks = "refuse"
+    """What to do with a URL the server hands out (a next link, an export's status or file
+    URL) on another scheme, host or port than ``base_url``: refuse it, or, for a server
+    behind a gateway that names its internal address, send it to ``base_url`` instead."""
 
     def __post_init__(self) -> None:
+        if self.foreign_links not in _FOREIGN_LINKS:
+            raise ConfigError(
+                f"FHIR_FOREIGN_LINKS must be one of {', '.join(_FOREIGN_LINKS)}, "
+                f"got {self.foreign_links!r}"
+            )
         if not _is_http_url(self.base_url):
             raise ConfigError(f"FHIR_BASE_URL must be an http(s) URL, got {self.base_url!r}")
         if self.auth == "basic" and not (self.username and self.password):
@@ -386,6 +398,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_retries=int(_number(env, "FHIR_MAX_RETRIES", DEFAULT_MAX_RETRIES)),
         max_wait_s=_number(env, "FHIR_MAX_WAIT", DEFAULT_MAX_WAIT_S),
         backend=_backend(env) if auth == "smart-backend" else None,
+        foreign_links=env.get("FHIR_FOREIGN_LINKS", "").strip().lower() or "refuse",  # type: ignore[arg-type]
     )
     studies = tuple(s.strip() for s in env.get("FHIR_MATCH_STUDIES", "").split(",") if s.strip())
     return Settings(

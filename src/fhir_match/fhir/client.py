@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any, Self
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from fhir.resources.R4B.bundle import Bundle
@@ -59,6 +60,7 @@ class FhirClient:
     ) -> None:
         self.base_url = settings.base_url.rstrip("/")
         self._policy = RetryPolicy(settings.max_retries, settings.max_wait_s)
+        self._foreign_links = settings.foreign_links
         self._sleep = sleep
         self.requests = 0
         """HTTP requests sent so far, retries included: what a run costs the server."""
@@ -209,7 +211,8 @@ class FhirClient:
         """Each searchset Bundle of ``search`` as raw JSON, following ``next`` links as given.
 
         Each page is checked (see :meth:`_page`). A ``next`` link that leaves the base URL is
-        refused: following it would send our credentials to another server. A ``next`` link
+        refused, or moved onto it (see :meth:`_on_server`): following it would send our
+        credentials to another server. A ``next`` link
         to a page already read, or paging past MAX_PAGES, fails the search: the server is
         looping. ``Bundle.total`` is never read here: servers estimate it, or get it wrong.
         """
@@ -222,13 +225,7 @@ class FhirClient:
             next_url = _next_link(page)
             if next_url is None:
                 return
-            if not _under(next_url, self.base_url):
-                raise FatalFhirError(
-                    "GET",
-                    public_url(httpx.URL(next_url)),
-                    None,
-                    f"next link leaves the base URL {self.base_url}",
-                )
+            next_url = self._on_server("GET", next_url, "next link")
             if str(httpx.URL(next_url)) in read:
                 raise _bad_answer(response, "next link goes back to a page already read")
             if len(read) >= MAX_PAGES:
@@ -263,7 +260,7 @@ class FhirClient:
         For asynchronous operations, whose answer is a status code and headers. ``url``
         must be under the base URL: it may come from the server, and our credentials go with it.
         """
-        self._refuse_off_server(method, url)
+        url = self._on_server(method, url, "URL")
         return self._send(method, url, params=params, body=body, headers=headers)
 
     def download(self, url: str, path: Path, *, accept: str) -> str:
@@ -273,7 +270,7 @@ class FhirClient:
         it is not retried (the retry policy reads whole bodies). A failed download leaves no
         partial file. ``url`` must be under the base URL, as for :meth:`request`.
         """
-        self._refuse_off_server("GET", url)
+        url = self._on_server("GET", url, "URL")
         request = self._http.build_request("GET", url, headers={"Accept": accept})
         with transport_errors(request):
             response = self._http.send(request, stream=True)
@@ -290,9 +287,23 @@ class FhirClient:
                     raise
         return str(response.headers.get("Content-Type", ""))
 
-    def _refuse_off_server(self, method: str, url: str) -> None:
-        if not _under(url, self.base_url):
-            raise FatalFhirError(method, url, None, f"URL leaves the base URL {self.base_url}")
+    def _on_server(self, method: str, url: str, what: str) -> str:
+        """``url``, given by the server, as it may be sent: unchanged when under the base URL;
+        with FHIR_FOREIGN_LINKS=rewrite, moved onto the base URL (see :func:`_onto_base`);
+        else refused. The error shows no credentials and no search values."""
+        if _under(url, self.base_url):
+            return url
+        moved = _onto_base(url, self.base_url) if self._foreign_links == "rewrite" else None
+        if moved is not None:
+            return moved
+        hint = (
+            "its path is not under the base URL's path, so it cannot be moved onto it"
+            if self._foreign_links == "rewrite"
+            else "set FHIR_FOREIGN_LINKS=rewrite if the server is behind a gateway"
+        )
+        raise FatalFhirError(
+            method, _shown(url), None, f"{what} leaves the base URL {self.base_url}: {hint}"
+        )
 
 
 def _repeatable(bundle: JsonObject) -> bool:
@@ -350,3 +361,32 @@ def _next_link(page: JsonObject) -> str | None:
 
 def _under(url: str, base_url: str) -> bool:
     return url == base_url or url.startswith((base_url + "/", base_url + "?"))
+
+
+def _onto_base(url: str, base_url: str) -> str | None:
+    """``url`` with the base URL's scheme, host and port, when its path lies under the base
+    URL's path; else None.
+
+    A gateway in front of a FHIR server (Epic's ``/api/FHIR/R4``, an nginx in front of HAPI's
+    ``/fhir``) forwards the path unchanged, and the server names itself in the URLs it hands
+    out by its internal address: same path, other origin. Only the origin is replaced, so
+    the path and the query (a paging cursor, an export job id) stay exactly as the server
+    gave them. A URL whose path lies elsewhere would need a guess at where the server's base
+    path ends; it is refused instead.
+    """
+    given, base = urlsplit(url), urlsplit(base_url)
+    if given.scheme not in ("http", "https") or not given.netloc:
+        return None
+    base_path = base.path.rstrip("/")
+    if given.path != base_path and not given.path.startswith(base_path + "/"):
+        return None
+    return urlunsplit((base.scheme, base.netloc, given.path, given.query, ""))
+
+
+def _shown(url: str) -> str:
+    """A server-given URL as errors show it: no user or password, no search values."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return "(not a URL)"
+    return public_url(parsed.copy_with(username=None, password=None))
