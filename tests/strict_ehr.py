@@ -257,13 +257,15 @@ RULES: tuple[Callable[[Asked], Refusal | None], ...] = (
     research_read_only,
     group_export_only,
     no_type_filter,
+    patient_search_by_id_or_identifier,
+    one_patient_per_clinical_search,
+    single_id,
     no_result_shaping,
     no_chained_parameters,
     no_text_modifier,
-    single_id,
-    patient_search_by_id_or_identifier,
-    one_patient_per_clinical_search,
 )
+"""In the order they are checked: a cohort search by code is refused for naming no patient
+before its ``_elements`` is."""
 
 
 def refusal(asked: Asked) -> Refusal | None:
