@@ -187,10 +187,11 @@ def no_result_shaping(asked: Asked) -> Refusal | None:
 
 
 def no_chained_parameters(asked: Asked) -> Refusal | None:
-    """No chained parameters (``medication.code``): US Core's CapabilityStatement asks no
-    chaining of servers, and the vendors' search pages list none
-    (https://www.hl7.org/fhir/us/core/STU9/SearchParameter-us-core-condition-patient.html:
-    "chain" is among the expectations it leaves optional)."""
+    """No chained parameters (``medication.code``). Chaining is optional: "Implementers need
+    only implement the amount of complexity that they require"
+    (https://hl7.org/fhir/R4/search.html), and US Core's search parameters leave ``chain``
+    among the expectations a server may decline
+    (https://www.hl7.org/fhir/us/core/STU9/SearchParameter-us-core-condition-patient.html)."""
     for name, _ in asked.params:
         if "." in name.split(":")[0]:
             return Refusal("no-chained-parameters", 400, "chained parameters are not supported")
@@ -198,9 +199,10 @@ def no_chained_parameters(asked: Asked) -> Refusal | None:
 
 
 def no_text_modifier(asked: Asked) -> Refusal | None:
-    """No ``:text`` modifier: a search by a code's display text is a full-text search the
-    vendors' R4 search pages do not offer (https://fhir.cerner.com/millennium/r4/ lists
-    ``code`` as a token without modifiers)."""
+    """No ``:text`` modifier (a search by a code's display text): modifiers are optional in
+    the same way (https://hl7.org/fhir/R4/search.html; US Core lists ``modifier`` among the
+    expectations a server may decline), and a full-text search over every patient's records
+    is what a patient-scoped EHR API does not offer."""
     for name, _ in asked.params:
         if name.endswith(":text"):
             return Refusal("no-text-modifier", 400, "the :text modifier is not supported")

@@ -10,7 +10,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
+from fhir_match import server
 from fhir_match.server import ServerAllows, server_allows
+from tests import strict_ehr
 from tests.strict_ehr import COMBINATION, Asked, capped, refusal, strict_capabilities
 
 HAPI_STATEMENT = Path(__file__).parents[1] / "fixtures" / "capabilities" / "hapi-8.8.0.json"
@@ -163,3 +165,14 @@ def test_a_combination_without_a_patient_still_allows_a_code_search() -> None:
     allows = server_allows(statement)
     assert allows.cohort_search
     assert "Condition" not in allows.patient_required
+
+
+def test_public_names() -> None:
+    assert sorted(server.__all__) == [
+        "RESEARCH_WRITE_TYPES",
+        "ServerAllows",
+        "describe_server",
+        "server_allows",
+    ]
+    assert "StrictEhr" in strict_ehr.__all__
+    assert all(hasattr(strict_ehr, name) for name in strict_ehr.__all__)

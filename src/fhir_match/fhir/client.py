@@ -297,7 +297,8 @@ class FhirClient:
         if moved is not None:
             return moved
         hint = (
-            "its path is not under the base URL's path, so it cannot be moved onto it"
+            "its path is not under the base URL's path, so it cannot be moved onto it "
+            "(the gateway must pass the path through unchanged)"
             if self._foreign_links == "rewrite"
             else "set FHIR_FOREIGN_LINKS=rewrite if the server is behind a gateway"
         )
