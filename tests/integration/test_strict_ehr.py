@@ -10,7 +10,6 @@ platelet counts each, and a Group (actual) of both, as a hospital provisions for
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -21,11 +20,11 @@ import pytest
 
 from fhir_match.cohort import find_cohort
 from fhir_match.config import FhirSettings, Settings
-from fhir_match.discovery import study_setup
 from fhir_match.errors import FatalFhirError
 from fhir_match.fhir import FhirClient, Search
-from fhir_match.fhir.bulk import NDJSON, export
+from fhir_match.fhir.bulk import export
 from fhir_match.fhir.models import parse_resource
+from fhir_match.runtime import study_setup
 from fhir_match.server import describe_server
 from tests.strict_ehr import StrictEhr
 
@@ -33,7 +32,6 @@ from .conftest import RunTag
 
 PLATELETS = "777-3"
 OBSERVATIONS_EACH = 5
-EXPORT_TIMEOUT_S = 120
 STUDY = "kn5501"
 
 
@@ -146,38 +144,15 @@ def test_one_patients_search_pages_through_internal_links_only_with_rewrite(
     assert patient.split("/")[1] not in message
 
 
-def _group_export(client: FhirClient, ehr: StrictEhr, group: str, out: Path) -> list[Path]:
-    """Kick off ``Group/[id]/$export``, poll to the manifest, download every file; every URL
-    the server hands out names its internal host."""
-    kick_off = client.request(
-        "GET",
-        f"{client.base_url}/{group}/$export",
-        params=[("_type", "Patient,Condition,Observation"), ("_outputFormat", NDJSON)],
-        headers={"Prefer": "respond-async", "Accept": "application/fhir+json"},
-    )
-    status_url = kick_off.headers["Content-Location"]
-    assert status_url.startswith(ehr.internal_base + "/")
-    deadline = time.monotonic() + EXPORT_TIMEOUT_S
-    while (answer := client.request("GET", status_url)).status_code == 202:
-        assert time.monotonic() < deadline, "the export did not finish in time"
-        time.sleep(1)  # the server's pace: it builds the files meanwhile
-    manifest = answer.json()
-    files = []
-    for number, item in enumerate(manifest["output"]):
-        assert item["url"].startswith(ehr.internal_base + "/")
-        path = out / f"{item['type']}-{number}.ndjson"
-        client.download(item["url"], path, accept=NDJSON)
-        files.append(path)
-    return files  # HAPI answers DELETE on a finished job with 404: nothing to clean up
-
-
-def test_a_group_export_runs_to_its_files_through_the_proxy(
+def test_a_group_export_runs_to_its_files_only_with_rewrite(
     settings: Settings, ehr: StrictEhr, ward: Ward, tmp_path: Path
 ) -> None:
+    group = ward.group.split("/")[1]
+    types = ["Patient", "Condition", "Observation"]
     with _through(settings, ehr, foreign_links="rewrite") as client:
-        files = _group_export(client, ehr, ward.group, tmp_path)
+        exported = export(client, tmp_path / "ok", types=types, group=group, max_poll_interval_s=1)
     kinds: dict[str, set[str]] = {}
-    for path in files:
+    for path in exported.files:
         for line in path.read_text().splitlines():
             resource = json.loads(line)
             kinds.setdefault(resource["resourceType"], set()).add(resource["id"])
@@ -185,6 +160,11 @@ def test_a_group_export_runs_to_its_files_through_the_proxy(
     assert len(kinds["Condition"]) == 2
     assert len(kinds["Observation"]) == 2 * OBSERVATIONS_EACH
     assert ehr.refusals == 0
+
+    with _through(settings, ehr) as client, pytest.raises(FatalFhirError) as refused:
+        export(client, tmp_path / "refused", types=types, group=group, max_poll_interval_s=1)
+    assert refused.value.url.startswith(ehr.internal_base + "/$export-poll-status")
+    assert "set FHIR_FOREIGN_LINKS=rewrite" in str(refused.value)
 
 
 def test_type_filter_and_patient_export_are_refused(
