@@ -39,7 +39,7 @@ from fhir_match.evaluate.engine import NodeCqlEngine
 from fhir_match.fhir import FhirClient
 from fhir_match.runtime import study_setup
 from fhir_match.screen import study_engine
-from fhir_match.server import describe_server
+from fhir_match.server import describe_server, read_allows
 from fhir_match.sources import Fetch, Found, always_full, choose_source, describe, find
 from fhir_match.writeback import RunInfo
 from worker import runs, watchdog
@@ -216,7 +216,7 @@ def discover(
         setting = CohortSetting(**cohort) if cohort else settings.cohort(study_id)
         last = runs.last_run(store, run.scope)
         with FhirClient(settings.fhir) as client:
-            source = choose_source(setting, **_abilities(client), bulk=fetch == "bulk")
+            source = choose_source(setting, read_allows(client), bulk=fetch == "bulk")
             full = always_full(source) or _full(settings, last, mode)
             since = None
             if not full and last is not None:
@@ -270,11 +270,6 @@ def discover(
         "cohort": len(found.patients),
         "batches": len(batches),
     }
-
-
-def _abilities(client: FhirClient) -> dict[str, bool]:
-    """What the server's CapabilityStatement says it allows, as choose_source asks."""
-    return {"group_export": True, "population_search": True}
 
 
 def _fan_out(run_id: str, batches: dict[int, list[str]], queue: str) -> None:

@@ -25,6 +25,8 @@ from fhir_match.errors import ConfigError, FhirError, FhirMatchError
 if TYPE_CHECKING:
     import redis
 
+    from fhir_match.server import ServerAllows
+
 __all__ = ["EXIT_CONFIG", "EXIT_FAILURE", "EXIT_OK", "EXIT_UNAVAILABLE", "main"]
 
 EXIT_OK = 0
@@ -54,12 +56,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Check that the FHIR server, Redis and a worker answer, that the worker reaches FHIR,
     and that no run is stalled (exit 1 if one is)."""
     from fhir_match.fhir import FhirClient
-    from fhir_match.server import describe_server
+    from fhir_match.server import describe_server, read_allows
 
     settings = _settings(args)
     report: dict[str, object] = {"settings": settings.as_json()}
     with FhirClient(settings.fhir) as client:
         report["fhir_server"] = describe_server(client)
+        report["discovery"] = _discovery_ways(settings, read_allows(client))
     stuck: list[str] = []
     if args.worker:
         from worker.tasks import check_fhir_server
@@ -74,6 +77,20 @@ def cmd_status(args: argparse.Namespace) -> int:
             fatal(f"no worker answered within {WORKER_TIMEOUT_S:.0f}s", EXIT_UNAVAILABLE)
     print(json.dumps(report, indent=2))
     return EXIT_FAILURE if stuck else EXIT_OK
+
+
+def _discovery_ways(settings: Settings, server: ServerAllows) -> dict[str, str]:
+    """Per study, the way discovery will find its cohort on this server, or why it cannot."""
+    from fhir_match.evaluate.study import configured_studies
+    from fhir_match.sources import choose_source, describe
+
+    ways = {}
+    for study in settings.studies or configured_studies():
+        try:
+            ways[study] = describe(choose_source(settings.cohort(study), server))
+        except ConfigError as exc:
+            ways[study] = f"none: {exc}"
+    return ways
 
 
 def _run_status(settings: Settings) -> dict[str, list[str]]:

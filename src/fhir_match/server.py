@@ -10,7 +10,13 @@ from fhir_match.fhir import FhirClient
 from fhir_match.fhir.models import to_json
 from fhir_match.records import RECORD_TYPES
 
-__all__ = ["RESEARCH_WRITE_TYPES", "ServerAllows", "describe_server", "server_allows"]
+__all__ = [
+    "RESEARCH_WRITE_TYPES",
+    "ServerAllows",
+    "describe_server",
+    "read_allows",
+    "server_allows",
+]
 
 COMBINATION = (
     "http://hl7.org/fhir/StructureDefinition/capabilitystatement-search-parameter-combination"
@@ -134,6 +140,11 @@ def _searchable_by_code(resource: Json) -> bool:
         return False
     combinations = _combinations(resource)
     return not combinations or any(c <= params - _ONE_RECORD for c in combinations)
+
+
+def read_allows(client: FhirClient) -> ServerAllows:
+    """What the server allows, from its ``/metadata``."""
+    return server_allows(to_json(client.capabilities()))
 
 
 def describe_server(client: FhirClient) -> dict[str, Any]:

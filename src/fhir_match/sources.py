@@ -34,6 +34,7 @@ from fhir_match.files import map_references, read_resources
 from fhir_match.grouping import group_by_patient
 from fhir_match.records import DataIssue, Json, PatientRecord
 from fhir_match.runtime import StudySetup
+from fhir_match.server import ServerAllows
 
 __all__ = [
     "BULK_MAX_POLL_S",
@@ -92,9 +93,7 @@ class PatientList:
 Source = Searches | GroupExport | PatientList
 
 
-def choose_source(
-    setting: CohortSetting, *, group_export: bool, population_search: bool, bulk: bool = False
-) -> Source:
+def choose_source(setting: CohortSetting, allows: ServerAllows, *, bulk: bool = False) -> Source:
     """The way a study's cohort is found on a server: as configured, or (``auto``) the best
     the server offers for what is configured: a group export, a registry read one patient
     at a time, or population searches."""
@@ -104,11 +103,11 @@ def choose_source(
         return GroupExport(setting.group)
     if setting.source == "patient-list":
         return PatientList(setting.registry)
-    if setting.group and group_export:
+    if setting.group and allows.group_export:
         return GroupExport(setting.group)
     if setting.registry:
         return PatientList(setting.registry)
-    if population_search:
+    if allows.cohort_search:
         return Searches(bulk)
     raise ConfigError(
         "the FHIR server allows no search across patients (a patient is required on every "
