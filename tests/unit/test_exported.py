@@ -49,6 +49,8 @@ def test_public_names() -> None:
         (ICD10, "D69.300x001"),  # a national subcode, under is-a D69.3
         ("http://hl7.org/fhir/sid/icd-10/", " d69.3 "),  # trailing slash, padded, lower case
         (ICD10CM, "D69.6"),  # thrombocytopenia, unspecified: also in the discovery section
+        (ICD10CM, "D69.41"),  # Evans syndrome alone makes inc-2 unknown
+        (SNOMED, "441511006"),  # history of ITP, the same
         (SNOMED, "32273002"),
         ("http://snomed.info/sct/731000124108", "2897005"),  # a SNOMED CT edition URI
         ("urn:oid:2.16.840.1.113883.6.96", "13172003"),
