@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -142,16 +142,39 @@ def _has_referenced_ingredient(medication: Json) -> bool:
     )
 
 
+def _owner_of(resource: Json) -> str | None:
+    """grouping.owner_key of a resource whose references may not be local yet."""
+    owner = owner_key(resource)
+    if owner == "" and resource["resourceType"] != "Patient":
+        return owner_key(localise_references(resource, {}))  # an absolute reference
+    return owner
+
+
+def _read_all(paths: Iterable[Path], note: Callable[[Json], None]) -> None:
+    """Show ``note`` every well-formed resource in ``paths``: finding keeps nothing else."""
+
+    def keep(resource: Json) -> bool:
+        note(resource)
+        return False
+
+    for _ in read_located(paths, _discard, keep):
+        pass
+
+
 def _medications(paths: Iterable[Path], rule: CohortRule) -> dict[str, Json]:
     """The Medications (``Medication/<id>``) that name one of the study's drugs. One whose
     ingredient is another resource is judged with the others read (which it may refer to)."""
     read: dict[str, Json] = {}
-    for resource in read_located(paths, _discard, lambda r: r["resourceType"] == "Medication"):
-        medication = resource.resource
-        if isinstance(medication.get("id"), str) and (
-            rule.medication_counts(medication, {}) or _has_referenced_ingredient(medication)
+
+    def note(medication: Json) -> None:
+        if (
+            medication["resourceType"] == "Medication"
+            and isinstance(medication.get("id"), str)
+            and (rule.medication_counts(medication, {}) or _has_referenced_ingredient(medication))
         ):
             read[f"Medication/{medication['id']}"] = medication
+
+    _read_all(paths, note)
     return {ref: m for ref, m in read.items() if rule.medication_counts(m, read)}
 
 
@@ -159,18 +182,17 @@ def _owners(paths: Iterable[Path], rule: CohortRule, medications: Mapping[str, J
     """The owner keys (see grouping.owner_key) of every resource that puts a patient in the
     cohort."""
     owners: set[str] = set()
-    for located in read_located(paths, _discard):
-        resource = located.resource
+
+    def note(resource: Json) -> None:
         kind = resource["resourceType"]
-        if kind == "Condition":
-            counts = rule.condition_counts(resource)
-        elif kind in MEDICATION_USES:
-            counts = rule.use_counts(resource, medications)
-        else:
-            continue
-        owner = owner_key(resource) if counts else None
-        if owner:
-            owners.add(owner)
+        if (kind == "Condition" and rule.condition_counts(resource)) or (
+            kind in MEDICATION_USES and rule.use_counts(resource, medications)
+        ):
+            owner = _owner_of(resource)
+            if owner:
+                owners.add(owner)
+
+    _read_all(paths, note)
     return owners
 
 
@@ -178,13 +200,15 @@ def _with_patients(paths: Iterable[Path], owners: set[str]) -> set[str]:
     """The owners, with each Patient named by one of their identifiers, and each of their
     Patients' identifiers (by which their other records may name them)."""
     cohort = set(owners)
-    for located in read_located(paths, _discard, lambda r: r["resourceType"] == "Patient"):
-        patient = located.resource
-        owner = owner_key(patient)
-        keys = identifier_keys(patient)
+
+    def note(patient: Json) -> None:
+        owner = owner_key(patient) if patient["resourceType"] == "Patient" else None
+        keys = identifier_keys(patient) if owner else set()
         if owner and (owner in owners or keys & owners):
             cohort.add(owner)
             cohort.update(keys)
+
+    _read_all(paths, note)
     return cohort
 
 
@@ -215,9 +239,7 @@ class ExportedCohort:
     def _keep(self, resource: Json) -> bool:
         """Whether a resource belongs to the cohort's records: the cohort's own, what names no
         patient (a Medication), and what grouping must report (a reference it cannot read)."""
-        owner = owner_key(resource)
-        if owner == "" and resource["resourceType"] != "Patient":
-            owner = owner_key(localise_references(resource, {}))  # an absolute reference
+        owner = _owner_of(resource)
         if not owner or owner in self._keys:
             return True
         self.outside += resource["resourceType"] == "Patient"

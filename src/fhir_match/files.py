@@ -143,8 +143,22 @@ def _lines(stream: Any, name: str, on_issue: OnIssue, keep: Keep | None) -> Iter
         return
     number = 0
     for number, line in enumerate(_chain(first, stream), start=1):
-        if line.strip():
+        if line.strip() and not (keep is not None and _refused(line, keep)):
             yield from _line(line, number, name, on_issue, keep)
+
+
+def _refused(line: bytes, keep: Keep) -> bool:
+    """Whether ``keep`` refuses the line's resource, decided on its bytes without what reading
+    it costs besides the parse (decoding, references, Located). A line that is anything but a
+    well-formed single resource, or that ``keep`` accepts, is read as usual: reported if it
+    must be, so a refused line is never one that would have been reported."""
+    try:
+        data = loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    if _not_a_resource(data) or data["resourceType"] == "Bundle":
+        return False
+    return line.count(b"[") + line.count(b"{") <= _MAX_DEPTH and not keep(data)
 
 
 def _chain(first: bytes, stream: Iterable[bytes]) -> Iterator[bytes]:
