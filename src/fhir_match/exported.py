@@ -25,7 +25,7 @@ from pathlib import Path
 from fhir_match.cohort import MEDICATION_USES
 from fhir_match.evaluate.study import Study
 from fhir_match.files import OnIssue, localise_references, read_located
-from fhir_match.grouping import group_located, identifier_keys, owner_key
+from fhir_match.grouping import IDENTIFIER_OWNER, group_located, identifier_keys, owner_key
 from fhir_match.normalise import drug_concept, medication_concept
 from fhir_match.records import DataIssue, Json, PatientRecord
 from fhir_match.terminology import DRUG_NAME, Terminology, canonical_system
@@ -232,21 +232,36 @@ class ExportedCohort:
         """``Patient/<id>`` of every patient in the cohort."""
         self.outside = 0
         """Patients read that are not in the cohort (counted while the records are read)."""
+        self._named_by_identifier: set[str] = set()
         self._paths = paths
         self._on_issue = on_issue
         self._spill_dir = spill_dir
 
     def _keep(self, resource: Json) -> bool:
         """Whether a resource belongs to the cohort's records: the cohort's own, what names no
-        patient (a Medication), and what grouping must report (a reference it cannot read)."""
+        patient (a Medication), and what grouping must resolve or report: a reference it
+        cannot read, a patient named by an identifier, and the Patients that carry one."""
         owner = _owner_of(resource)
         if not owner or owner in self._keys:
             return True
-        self.outside += resource["resourceType"] == "Patient"
+        if owner.startswith(IDENTIFIER_OWNER):
+            self._named_by_identifier.add(owner)
+            return True
+        if resource["resourceType"] != "Patient":
+            return False
+        if self._named_by_identifier and identifier_keys(resource) & self._named_by_identifier:
+            return True
+        self.outside += 1
         return False
 
     def records(self) -> Iterator[PatientRecord]:
         """The cohort's records, one per patient, in patient-reference order (as the full
-        read gives them for these patients)."""
-        resources = read_located(self._paths, self._on_issue, self._keep)
-        return group_located(resources, self._on_issue, self._spill_dir)
+        read gives them for these patients). Patient files are read last, so that a Patient
+        another patient's record names by identifier is known to be needed when it is read."""
+        paths = sorted(self._paths, key=lambda path: file_type(path) == "Patient")
+        resources = read_located(paths, self._on_issue, self._keep)
+        for record in group_located(resources, self._on_issue, self._spill_dir):
+            if record.patient in self.cohort:
+                yield record
+            else:
+                self.outside += 1
