@@ -30,10 +30,8 @@ from fhir_match.normalise import drug_concept, medication_concept
 from fhir_match.records import DataIssue, Json, PatientRecord
 from fhir_match.terminology import DRUG_NAME, Terminology, canonical_system
 
-__all__ = ["COHORT_TYPES", "CohortRule", "ExportedCohort", "file_type"]
+__all__ = ["CohortRule", "ExportedCohort", "file_type"]
 
-COHORT_TYPES = frozenset({"Condition", "Medication", *MEDICATION_USES})
-"""The types whose resources decide who is in the cohort."""
 _TYPE_NAMED = re.compile(r"([A-Z][A-Za-z]+)(?:[-_.]\d+)*\.(?:ndjson|jsonl)(?:\.gz)?")
 """A Bulk Data file named by its one resource type: Condition.ndjson, Condition-2.ndjson."""
 

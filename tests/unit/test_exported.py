@@ -37,7 +37,7 @@ def _use(kind: str = "MedicationRequest", **drug: object) -> Json:
 
 
 def test_public_names() -> None:
-    assert sorted(exported.__all__) == ["COHORT_TYPES", "CohortRule", "ExportedCohort", "file_type"]
+    assert sorted(exported.__all__) == ["CohortRule", "ExportedCohort", "file_type"]
 
 
 @pytest.mark.parametrize(
