@@ -1,6 +1,7 @@
 """Benchmark `fhir-match screen`: patients per second and peak memory, at two population sizes.
 
 Usage: .venv/bin/python bench/screen.py [--patients 10000] [--seed 7]
+       .venv/bin/python bench/screen.py --export 100000 [--seed 7] [--itp-share 0.02]
 
 It generates a synthetic population (NDJSON, the Bulk Data layout) with `fhir-match synth`,
 then screens it and the population twice its size, each in a fresh process, and prints for
@@ -9,6 +10,13 @@ engine (Node) with the rate one core would reach from it (wall time depends on w
 machine runs; CPU time much less), peak memory of both, and how often the engine agreed with
 the answers the generator intended. The ratios between the two sizes show whether memory stays
 flat as the population grows.
+
+With ``--export``, a hospital's population export instead: that many patients and a tenth of
+them (generated once, cached under var/bench), each screened in full (today's ``screen``) and
+cohort-only (``screen --cohort-only``, the group-export source's local work: find the cohort,
+read and evaluate only its records), side by side: wall time, population read per second,
+patients evaluated, peak memory, and whether every cohort line is the full screen's and every
+listed patient in the cohort.
 """
 
 from __future__ import annotations
@@ -48,7 +56,7 @@ def _own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def screen_once(population: Path, results: Path) -> dict[str, float]:
+def screen_once(population: Path, results: Path, cohort_only: bool = False) -> dict[str, float]:
     """Run in a child process: screen ``population`` and report the figures as JSON."""
     from fhir_match.evaluate.engine import NodeCqlEngine, translate_cql
     from fhir_match.evaluate.study import load_study
@@ -71,11 +79,14 @@ def screen_once(population: Path, results: Path) -> dict[str, float]:
         assert pid is not None
         engine_cpu, python_cpu = _cpu_seconds(pid), _own_cpu_seconds()
         started = time.perf_counter()
-        summary = screen([population / "fhir"], study, as_of, normaliser, engine, out)
+        summary = screen(
+            [population / "fhir"], study, as_of, normaliser, engine, out, cohort_only=cohort_only
+        )
         seconds = time.perf_counter() - started
         engine_cpu, python_cpu = _cpu_seconds(pid) - engine_cpu, _own_cpu_seconds() - python_cpu
     return {
         "patients": summary.patients,
+        "outside": summary.outside or 0,
         "failures": len(summary.failures),
         "seconds": seconds,
         "python_cpu_s": python_cpu,
@@ -106,8 +117,9 @@ def agreement(population: Path, results: Path) -> tuple[float, float, Counter[st
     return outcomes / max(len(expected), 1), criteria / max(total, 1), disagreements
 
 
-def generate(patients: int, seed: int, out: Path) -> float:
+def generate(patients: int, seed: int, out: Path, itp_share: float | None = None) -> float:
     started = time.perf_counter()
+    share = [] if itp_share is None else ["--itp-share", str(itp_share)]
     subprocess.run(
         [
             sys.executable,
@@ -122,6 +134,7 @@ def generate(patients: int, seed: int, out: Path) -> float:
             str(out),
             "--format",
             "ndjson",
+            *share,
         ],
         check=True,
         cwd=ROOT,
@@ -130,14 +143,89 @@ def generate(patients: int, seed: int, out: Path) -> float:
     return time.perf_counter() - started
 
 
+def cached_population(size: int, seed: int, itp_share: float) -> Path:
+    """A population under var/bench, generated the first time (not timed): the manifest is
+    written last, so a population without one is generated again."""
+    population = ROOT / "var" / "bench" / f"export-{size}-seed{seed}-itp{itp_share}"
+    if not (population / "manifest.json").is_file():
+        generate(size, seed, population, itp_share)
+    return population
+
+
+def _child(population: Path, results: Path, mode: str) -> dict[str, float]:
+    child = subprocess.run(
+        [sys.executable, __file__, "--child", str(population), str(results), "--mode", mode],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    figures: dict[str, float] = json.loads(child.stdout.splitlines()[-1])
+    return figures
+
+
+def _lines(results: Path) -> dict[str, str]:
+    return {json.loads(line)["patient"]: line for line in results.read_text().splitlines()}
+
+
+def export_benchmark(size: int, seed: int, itp_share: float) -> None:
+    """Full and cohort-only screening of a population export, at ``size`` and a tenth of it."""
+    print(
+        f"{'patients':>9} {'ITP share':>9} {'mode':>11} {'wall s':>7} {'patients/s':>11} "
+        f"{'evaluated':>10} {'not in cohort':>14} {'python MB':>10} {'engine MB':>10}"
+    )
+    figures: dict[tuple[int, str], dict[str, float]] = {}
+    checks = []
+    with tempfile.TemporaryDirectory(prefix="fhir-match-bench-") as tmp:
+        for patients in (size // 10, size):
+            population = cached_population(patients, seed, itp_share)
+            cohorts = json.loads((population / "manifest.json").read_text())["cohorts"]
+            share = 1 - cohorts.get("general", 0) / patients
+            results = {}
+            for mode in ("full", "cohort-only"):
+                results[mode] = Path(tmp) / f"{mode}-{patients}.ndjson"
+                f = figures[patients, mode] = _child(population, results[mode], mode)
+                print(
+                    f"{patients:>9} {share:>9.1%} {mode:>11} {f['seconds']:>7.1f} "
+                    f"{patients / f['seconds']:>11.0f} {f['patients']:>10} {f['outside']:>14} "
+                    f"{f['python_peak_mb']:>10.0f} {f['engine_peak_mb']:>10.0f}"
+                )
+            full, cohort = _lines(results["full"]), _lines(results["cohort-only"])
+            listed = {p for p, line in full.items() if json.loads(line)["outcome"] != "ineligible"}
+            same = sum(line == full.get(p) for p, line in cohort.items())
+            checks.append(
+                f"{patients}: cohort lines equal to the full screen's {same}/{len(cohort)}, "
+                f"listed patients missing from the cohort {len(listed - cohort.keys())}"
+            )
+    for patients in (size // 10, size):
+        ratio = figures[patients, "full"]["seconds"] / figures[patients, "cohort-only"]["seconds"]
+        print(f"{patients}: cohort-only is {ratio:.1f}x faster")
+    small, large = figures[size // 10, "cohort-only"], figures[size, "cohort-only"]
+    print(
+        f"cohort-only, 10x patients: time {large['seconds'] / small['seconds']:.2f}x, python "
+        f"memory {large['python_peak_mb'] / small['python_peak_mb']:.2f}x, engine memory "
+        f"{large['engine_peak_mb'] / small['engine_peak_mb']:.2f}x"
+    )
+    print("\n".join(checks))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--export", type=int, help="screen a population export of this size")
+    parser.add_argument(
+        "--itp-share", type=float, default=0.02, help="with --export (0.02: about 2.4%% ITP)"
+    )
     parser.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="full", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(screen_once(*args.child)))
+        population, results = args.child
+        print(json.dumps(screen_once(population, results, cohort_only=args.mode == "cohort-only")))
+        return
+    if args.export:
+        export_benchmark(args.export, args.seed, args.itp_share)
         return
 
     rows = []

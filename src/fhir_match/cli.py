@@ -165,7 +165,15 @@ def cmd_screen(args: argparse.Namespace) -> int:
     output = open(partial, "w", encoding="utf-8") if partial else sys.stdout  # noqa: SIM115
     try:
         with engine:
-            summary = screen(args.input, study, args.as_of, normaliser, engine, output)
+            summary = screen(
+                args.input,
+                study,
+                args.as_of,
+                normaliser,
+                engine,
+                output,
+                cohort_only=args.cohort_only,
+            )
     finally:
         if output is not sys.stdout:
             output.close()
@@ -434,6 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
     screen.add_argument("--output", type=Path, help="write the NDJSON here (default: stdout)")
     screen.add_argument(
         "--summary", type=Path, help="also write the summary (counts, funnel) here as JSON"
+    )
+    screen.add_argument(
+        "--cohort-only",
+        action="store_true",
+        help="evaluate only the study's cohort, found in the files first (a hospital's "
+        "population export); the others are counted, not written",
     )
     screen.set_defaults(run=cmd_screen)
 

@@ -23,6 +23,7 @@ from fhir_match.records import DataIssue, Json
 
 __all__ = [
     "FHIR_SUFFIXES",
+    "Keep",
     "Located",
     "fhir_files",
     "loads",
@@ -40,6 +41,9 @@ _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
 OnIssue = Callable[[DataIssue], None]
+Keep = Callable[[Json], bool]
+"""Which resources a reader passes on; asked only once a resource is known to be well formed,
+so that what it leaves out is never input that would have been reported."""
 
 
 class Located(NamedTuple):
@@ -80,8 +84,12 @@ def read_resources(paths: Iterable[Path], on_issue: OnIssue) -> Iterator[Json]:
         yield located.resource
 
 
-def read_located(paths: Iterable[Path], on_issue: OnIssue) -> Iterator[Located]:
-    """Every resource in ``paths`` with where it was read, Bundles unpacked, in file order.
+def read_located(
+    paths: Iterable[Path], on_issue: OnIssue, keep: Keep | None = None
+) -> Iterator[Located]:
+    """Every resource in ``paths`` with where it was read, Bundles unpacked, in file order;
+    with ``keep``, only those it accepts (it sees a single resource before its references are
+    made local, so that one it refuses costs no more than its parse).
     A file that cannot be read, or stops being readable part way (a truncated or corrupt
     gzip), costs what could not be read, and is reported."""
     for path in paths:
@@ -93,9 +101,9 @@ def read_located(paths: Iterable[Path], on_issue: OnIssue) -> Iterator[Located]:
         try:
             with _open(path) as stream:
                 if ndjson:
-                    yield from _lines(stream, str(path), on_issue)
+                    yield from _lines(stream, str(path), on_issue, keep)
                 else:
-                    yield from _whole(stream.read(), str(path), on_issue)
+                    yield from _whole(stream.read(), str(path), on_issue, keep)
         except (OSError, EOFError, zlib.error) as exc:
             on_issue(DataIssue(str(path), f"cannot read file (further): {_os_reason(exc)}"))
 
@@ -125,18 +133,32 @@ def _open(path: Path) -> Any:
     return path.open("rb")
 
 
-def _lines(stream: Any, name: str, on_issue: OnIssue) -> Iterator[Located]:
+def _lines(stream: Any, name: str, on_issue: OnIssue, keep: Keep | None) -> Iterator[Located]:
     """NDJSON: one resource per line; a line that is not UTF-8 costs that line only."""
     first = stream.readline()
     if first.startswith(_UTF16_BOMS):
         text = _decoded(first + stream.read(), name, on_issue)
         if text is not None:
-            yield from _text_lines(text.splitlines(), name, on_issue)
+            yield from _text_lines(text.splitlines(), name, on_issue, keep)
         return
     number = 0
     for number, line in enumerate(_chain(first, stream), start=1):
-        if line.strip():
-            yield from _line(line, number, name, on_issue)
+        if line.strip() and not (keep is not None and _refused(line, keep)):
+            yield from _line(line, number, name, on_issue, keep)
+
+
+def _refused(line: bytes, keep: Keep) -> bool:
+    """Whether ``keep`` refuses the line's resource, decided on its bytes without what reading
+    it costs besides the parse (decoding, references, Located). A line that is anything but a
+    well-formed single resource, or that ``keep`` accepts, is read as usual: reported if it
+    must be, so a refused line is never one that would have been reported."""
+    try:
+        data = loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    if _not_a_resource(data) or data["resourceType"] == "Bundle":
+        return False
+    return line.count(b"[") + line.count(b"{") <= _MAX_DEPTH and not keep(data)
 
 
 def _chain(first: bytes, stream: Iterable[bytes]) -> Iterator[bytes]:
@@ -144,25 +166,29 @@ def _chain(first: bytes, stream: Iterable[bytes]) -> Iterator[bytes]:
     yield from stream
 
 
-def _text_lines(lines: list[str], name: str, on_issue: OnIssue) -> Iterator[Located]:
+def _text_lines(
+    lines: list[str], name: str, on_issue: OnIssue, keep: Keep | None
+) -> Iterator[Located]:
     for number, line in enumerate(lines, start=1):
         if line.strip():
-            yield from _document(line, f"{name}:{number}", on_issue)
+            yield from _document(line, f"{name}:{number}", on_issue, keep)
 
 
-def _line(line: bytes, number: int, name: str, on_issue: OnIssue) -> Iterator[Located]:
+def _line(
+    line: bytes, number: int, name: str, on_issue: OnIssue, keep: Keep | None
+) -> Iterator[Located]:
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
         on_issue(DataIssue(f"{name}:{number}", "not UTF-8 text (FHIR JSON is UTF-8)"))
         return
-    yield from _document(text, f"{name}:{number}", on_issue)
+    yield from _document(text, f"{name}:{number}", on_issue, keep)
 
 
-def _whole(data: bytes, name: str, on_issue: OnIssue) -> Iterator[Located]:
+def _whole(data: bytes, name: str, on_issue: OnIssue, keep: Keep | None) -> Iterator[Located]:
     text = _decoded(data, name, on_issue)
     if text is not None:
-        yield from _document(text, name, on_issue)
+        yield from _document(text, name, on_issue, keep)
 
 
 def _decoded(data: bytes, name: str, on_issue: OnIssue) -> str | None:
@@ -205,7 +231,7 @@ _MAX_DEPTH = 64
 documents are refused before anything walks them."""
 
 
-def _document(text: str, where: str, on_issue: OnIssue) -> Iterator[Located]:
+def _document(text: str, where: str, on_issue: OnIssue, keep: Keep | None) -> Iterator[Located]:
     try:
         data = loads(text)
     except orjson.JSONDecodeError as exc:
@@ -217,7 +243,9 @@ def _document(text: str, where: str, on_issue: OnIssue) -> Iterator[Located]:
     elif text.count("[") + text.count("{") > _MAX_DEPTH and _too_deep(data):
         on_issue(DataIssue(where, f"nested deeper than {_MAX_DEPTH} levels: not FHIR"))
     elif data["resourceType"] == "Bundle":
-        yield from _bundle(data, where, on_issue)
+        yield from _bundle(data, where, on_issue, keep)
+    elif keep is not None and not keep(data):
+        return
     elif _all_local(text):
         yield Located(data, where)  # localising would change nothing: the resource is not walked
     else:
@@ -250,7 +278,7 @@ def _not_a_resource(data: Any) -> str:
     return ""
 
 
-def _bundle(bundle: Json, where: str, on_issue: OnIssue) -> Iterator[Located]:
+def _bundle(bundle: Json, where: str, on_issue: OnIssue, keep: Keep | None) -> Iterator[Located]:
     """Unpack a Bundle of any type; give id-less entries the id of their ``urn:uuid:`` full URL
     and rewrite references to full URLs into local ``Type/id`` references."""
     entries = bundle.get("entry") or []
@@ -277,9 +305,11 @@ def _bundle(bundle: Json, where: str, on_issue: OnIssue) -> Iterator[Located]:
         resources.append((index, resource))
     for index, resource in resources:
         if resource["resourceType"] == "Bundle":
-            yield from _bundle(resource, f"{where} entry {index}", on_issue)
-        else:
-            yield Located(localise_references(resource, aliases), f"{where} entry {index}")
+            yield from _bundle(resource, f"{where} entry {index}", on_issue, keep)
+            continue
+        localised = localise_references(resource, aliases)
+        if keep is None or keep(localised):
+            yield Located(localised, f"{where} entry {index}")
 
 
 def map_references(value: Any, change: Callable[[str], str]) -> Any:

@@ -27,7 +27,14 @@ import orjson
 from fhir_match.files import Located, loads, map_references, references_in_text
 from fhir_match.records import RECORD_TYPES, DataIssue, Json, PatientRecord
 
-__all__ = ["group_by_patient", "group_located", "patient_of"]
+__all__ = [
+    "IDENTIFIER_OWNER",
+    "group_by_patient",
+    "group_located",
+    "identifier_keys",
+    "owner_key",
+    "patient_of",
+]
 
 _PATIENT_FIELDS = ("subject", "patient", "individual", "beneficiary")
 _PATIENT_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
@@ -35,7 +42,7 @@ _PATIENT_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _BATCH_ROWS = 5000
 _REFS_PER_QUERY = 500
 """References looked up per query: SQLite limits the parameters of one statement."""
-_BY_IDENTIFIER = "identifier:"
+IDENTIFIER_OWNER = "identifier:"
 """Owner key of a record that names its patient by identifier only, resolved after reading."""
 
 OnIssue = Callable[[DataIssue], None]
@@ -43,11 +50,11 @@ OnIssue = Callable[[DataIssue], None]
 
 def patient_of(resource: Json) -> str | None:
     """``Patient/<id>`` of the patient a resource belongs to, or None for shared resources."""
-    owner = _owner(resource)
+    owner = owner_key(resource)
     return owner if owner is not None and owner.startswith("Patient/") else None
 
 
-def _owner(resource: Json) -> str | None:
+def owner_key(resource: Json) -> str | None:
     """``Patient/<id>``; ``identifier:system|value`` (or ``identifier:value``) for a patient
     named by identifier; "" for a patient reference that cannot be resolved; None for a
     resource that names no patient."""
@@ -71,7 +78,7 @@ def _referenced_owner(reference: str) -> str:
         return reference if _PATIENT_ID.fullmatch(reference, len("Patient/")) else ""
     if reference.startswith("Patient?identifier=") and "&" not in reference:
         token = unquote(reference.removeprefix("Patient?identifier="))
-        return f"{_BY_IDENTIFIER}{token.removeprefix('|') if token.startswith('|') else token}"
+        return f"{IDENTIFIER_OWNER}{token.removeprefix('|') if token.startswith('|') else token}"
     return ""
 
 
@@ -81,19 +88,21 @@ def _identifier_owner(identifier: Any) -> str:
     system = identifier.get("system")
     value = identifier["value"]
     return (
-        f"{_BY_IDENTIFIER}{system}|{value}" if isinstance(system, str) else _BY_IDENTIFIER + value
+        f"{IDENTIFIER_OWNER}{system}|{value}"
+        if isinstance(system, str)
+        else IDENTIFIER_OWNER + value
     )
 
 
-def _identifier_keys(patient: Json) -> set[str]:
+def identifier_keys(patient: Json) -> set[str]:
     """The owner keys by which records may name this Patient: system|value and value alone."""
     keys: set[str] = set()
     identifiers = patient.get("identifier")
     for identifier in identifiers if isinstance(identifiers, list) else []:
         if isinstance(identifier, dict) and isinstance(identifier.get("value"), str):
-            keys.add(_BY_IDENTIFIER + identifier["value"])
+            keys.add(IDENTIFIER_OWNER + identifier["value"])
             if isinstance(identifier.get("system"), str):
-                keys.add(f"{_BY_IDENTIFIER}{identifier['system']}|{identifier['value']}")
+                keys.add(f"{IDENTIFIER_OWNER}{identifier['system']}|{identifier['value']}")
     return keys
 
 
@@ -158,7 +167,7 @@ def _spill(db: sqlite3.Connection, resources: Iterable[Located], on_issue: OnIss
             on_issue(DataIssue(where, "cannot be stored: not plain JSON (too deep or too large)"))
             continue
         kind = resource["resourceType"]
-        owner = _owner(resource)
+        owner = owner_key(resource)
         if owner == "" and kind == "Patient":
             on_issue(DataIssue(where, "Patient without an id: not used"))
         elif owner == "" and kind in RECORD_TYPES:
@@ -168,7 +177,7 @@ def _spill(db: sqlite3.Connection, resources: Iterable[Located], on_issue: OnIss
         elif owner:
             owned.append((owner, kind == "Patient", seq, body, where))
             if kind == "Patient":
-                known.extend((key, owner) for key in _identifier_keys(resource))
+                known.extend((key, owner) for key in identifier_keys(resource))
         elif "id" in resource:
             ref = f"{kind}/{resource['id']}"
             if ref not in first_shared:
@@ -208,7 +217,7 @@ def _resolve_identifiers(db: sqlite3.Connection, on_issue: OnIssue) -> None:
     none or several, they are reported and left out."""
     rows = db.execute(
         "SELECT rowid, patient, origin FROM owned WHERE patient >= ? AND patient < ?",
-        (_BY_IDENTIFIER, _BY_IDENTIFIER[:-1] + ";"),
+        (IDENTIFIER_OWNER, IDENTIFIER_OWNER[:-1] + ";"),
     ).fetchall()
     for rowid, key, origin in rows:
         patients = {p for (p,) in db.execute("SELECT patient FROM known WHERE key = ?", (key,))}

@@ -51,7 +51,7 @@ from fhir_match.terminology import (
 )
 from fhir_match.units import UCUM, UnitMap, UnitProblem, normalise_quantity
 
-__all__ = ["Normalised", "Normaliser", "normalise"]
+__all__ = ["Normalised", "Normaliser", "drug_concept", "medication_concept", "normalise"]
 
 _MEDICATION_USES = ("MedicationRequest", "MedicationStatement", "MedicationAdministration")
 _CODE_ELEMENT = {
@@ -337,6 +337,23 @@ def _with_drug_concept(use: Json, shared: dict[str, Json], terminology: Terminol
     result = {k: v for k, v in use.items() if k != "medicationReference"}
     result["medicationCodeableConcept"] = _named(concept, terminology)
     return result
+
+
+def drug_concept(use: Json, medications: Mapping[str, Json], terminology: Terminology) -> Json:
+    """The concept a medication use names its drug by, as the rules read it (its own, or its
+    contained or referenced Medication's, plus drug-name codings): finding a cohort in files
+    must judge a drug exactly as the rules will."""
+    concept: Json = _with_drug_concept(use, dict(medications), terminology)[
+        "medicationCodeableConcept"
+    ]
+    return concept
+
+
+def medication_concept(
+    medication: Json, medications: Mapping[str, Json], terminology: Terminology
+) -> Json:
+    """A Medication's code and ingredients as one concept, drug-name codings added."""
+    return _named(_medication_concept(medication, dict(medications)), terminology)
 
 
 _LOCAL_REFERENCE = re.compile(r"([A-Z][A-Za-z]+/[A-Za-z0-9.\-]+)(?:/_history/[A-Za-z0-9.\-]+)?")

@@ -21,6 +21,7 @@ from fhir_match.config import PROJECT_DIR
 from fhir_match.evaluate.engine import CqlEvaluator, NodeCqlEngine, value_sets_used
 from fhir_match.evaluate.evaluator import evaluate_batch
 from fhir_match.evaluate.study import Study
+from fhir_match.exported import CohortRule, ExportedCohort
 from fhir_match.files import FHIR_SUFFIXES, fhir_files, read_located
 from fhir_match.funnel import Funnel, removed_by
 from fhir_match.grouping import group_located
@@ -64,6 +65,9 @@ class ScreenSummary:
     failures: list[DataIssue] = field(default_factory=list)
     """Patients that could not be evaluated."""
     seconds: float = 0.0
+    outside: int | None = None
+    """Patients read but not in the study's cohort, so not evaluated (None: no cohort found,
+    every patient evaluated)."""
 
     @property
     def complete(self) -> bool:
@@ -87,7 +91,9 @@ class ScreenSummary:
         return Funnel.of(self.study, self.removed, self.outcomes, len(self.failures))
 
     def as_json(self) -> dict[str, object]:
+        outside = {} if self.outside is None else {"not_in_cohort": self.outside}
         return {
+            **outside,
             "patients": self.patients,
             "outcomes": dict(self.outcomes),
             "criteria": {cid: dict(counts) for cid, counts in self.criteria.items()},
@@ -100,7 +106,10 @@ class ScreenSummary:
 
     def report(self, show: int = 20) -> str:
         rate = self.patients / self.seconds if self.seconds else 0.0
-        lines = [
+        lines = (
+            [] if self.outside is None else [f"not in the cohort (not evaluated): {self.outside}"]
+        )
+        lines += [
             f"patients: {self.patients} in {self.seconds:.1f}s ({rate:.0f}/s)",
             "outcomes: "
             + ", ".join(
@@ -200,13 +209,22 @@ def screen(
     engine: CqlEvaluator,
     output: IO[str],
     progress: Callable[[int], None] = lambda done: None,
+    cohort_only: bool = False,
 ) -> ScreenSummary:
-    """Screen every patient in ``inputs`` and write one JSON line per patient to ``output``."""
+    """Screen every patient in ``inputs`` and write one JSON line per patient to ``output``;
+    with ``cohort_only``, only the patients in the study's cohort (see exported.py), the
+    others counted in the summary."""
     started = time.perf_counter()
     summary = ScreenSummary(study)
     paths = [p for path in inputs for p in fhir_files(path)]
-    resources = read_located(paths, summary.skipped.append)
-    for batch in _batches(group_located(resources, summary.skipped.append), BATCH_SIZE):
+    exported = None
+    if cohort_only:
+        rule = CohortRule.of(study, normaliser.terminology)
+        exported = ExportedCohort(paths, rule, summary.skipped.append, spill_dir=None)
+        records = exported.records()
+    else:
+        records = group_located(read_located(paths, summary.skipped.append), summary.skipped.append)
+    for batch in _batches(records, BATCH_SIZE):
         result = evaluate_batch(batch, study, as_of, normaliser, engine)
         for evaluation in result.evaluations:
             output.write(json.dumps(evaluation_json(evaluation), ensure_ascii=False) + "\n")
@@ -215,5 +233,7 @@ def screen(
         summary.unused.extend(result.issues)
         summary.skipped.extend(result.skipped)
         progress(summary.patients + len(summary.failures))
+    if exported is not None:
+        summary.outside = exported.outside
     summary.seconds = time.perf_counter() - started
     return summary

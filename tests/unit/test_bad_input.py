@@ -54,6 +54,9 @@ class Run:
     report: str
     output: str
     complete: bool
+    cohort_lines: dict[str, str]
+    """The same input screened with cohort_only."""
+    cohort_issues: list[DataIssue]
 
 
 @dataclass(frozen=True)
@@ -72,9 +75,19 @@ def screening() -> Iterator[Screening]:
         yield Screening(study, normaliser, engine)
 
 
-def _screen(screening: Screening, inputs: list[Path]) -> tuple[ScreenSummary, str]:
+def _screen(
+    screening: Screening, inputs: list[Path], cohort_only: bool = False
+) -> tuple[ScreenSummary, str]:
     output = io.StringIO()
-    summary = screen(inputs, screening.study, AS_OF, screening.normaliser, screening.engine, output)
+    summary = screen(
+        inputs,
+        screening.study,
+        AS_OF,
+        screening.normaliser,
+        screening.engine,
+        output,
+        cohort_only=cohort_only,
+    )
     return summary, output.getvalue()
 
 
@@ -114,10 +127,22 @@ def _run(screening: Screening, population: Population, root: Path, expect: Expec
         case = Case(root / "kinds" / f"{number:03d}-{_slug(kind.name)}", tag, clone)
         kind.build(case)
         cases[kind.name] = case
-    summary, output = _screen(screening, [population.fhir, root / "kinds"])
+    inputs = [population.fhir, root / "kinds"]
+    summary, output = _screen(screening, inputs)
     issues = [*summary.skipped, *summary.unused, *summary.failures]
     report = summary.report(show=len(issues) + 1)
-    return Run(cases, _by_patient(output), issues, report, output, summary.complete)
+    cohort, cohort_output = _screen(screening, inputs, cohort_only=True)
+    cohort_issues = [*cohort.skipped, *cohort.unused, *cohort.failures]
+    return Run(
+        cases,
+        _by_patient(output),
+        issues,
+        report,
+        output,
+        summary.complete,
+        _by_patient(cohort_output),
+        cohort_issues,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +180,25 @@ def test_a_kind_costs_only_itself(
             assert any(issue.where.startswith(where) for issue in about), (where, about)
     assert MARKER not in run.report
     assert MARKER not in run.output
+
+
+@pytest.mark.parametrize("expect", ["read", "skip"])
+def test_the_cohort_only_path_reads_the_same_and_reports_the_same(
+    expect: Expect, runs: dict[Expect, Run]
+) -> None:
+    """Screened with cohort_only, every listed patient is there with the same line, and what
+    is reported is what the full screen reports, less what normalising found in the records
+    of patients it did not evaluate."""
+    run = runs[expect]
+    listed = {p for p, line in run.lines.items() if json.loads(line)["outcome"] != "ineligible"}
+    assert listed <= run.cohort_lines.keys()
+    for patient, line in run.cohort_lines.items():
+        assert line == run.lines[patient]
+    assert [i for i in run.cohort_issues if i not in run.issues] == []
+    for issue in run.issues:
+        if issue not in run.cohort_issues:
+            assert issue.reason.startswith("not used: "), issue
+            assert issue.where.split()[-1] not in run.cohort_lines, issue
 
 
 def test_valid_kinds_read_cleanly_and_bad_ones_mark_the_run(runs: dict[Expect, Run]) -> None:

@@ -109,3 +109,41 @@ def test_the_summary_ends_with_the_funnel(
     # no ITP: inc-2 and inc-7 are both not met, and the first one removes the patient
     assert "rules them out: inc-2 1\n" in report
     assert "left: candidate 1, potential-candidate 0" in report
+
+
+def test_cohort_only_lists_the_cohort_as_the_full_screen_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a synthetic population: each cohort patient's line is the full screen's, byte for
+    byte, and every patient the full screen lists (and the generator meant to be listed) is
+    in the cohort; the others are counted, not evaluated."""
+    from datetime import date
+
+    from fhir_match.synth import generate
+
+    population = tmp_path / "population"
+    generate(400, 3, population, "ndjson", as_of=date.fromisoformat(AS_OF), itp_share=0.1)
+    full, cohort = tmp_path / "full.ndjson", tmp_path / "cohort.ndjson"
+    summary = tmp_path / "summary.json"
+    fhir = str(population / "fhir")
+    assert main(["screen", "--as-of", AS_OF, "--input", fhir, "--output", str(full)]) == EXIT_OK
+    args = ["--input", fhir, "--output", str(cohort), "--summary", str(summary)]
+    assert main(["screen", "--as-of", AS_OF, "--cohort-only", *args]) == EXIT_OK
+
+    full_lines = {json.loads(line)["patient"]: line for line in full.read_text().splitlines()}
+    cohort_lines = {json.loads(line)["patient"]: line for line in cohort.read_text().splitlines()}
+    assert cohort_lines
+    for patient, line in cohort_lines.items():
+        assert line == full_lines[patient]
+    listed = {p for p, line in full_lines.items() if json.loads(line)["outcome"] != "ineligible"}
+    assert listed
+    assert listed <= cohort_lines.keys()
+    expected = [
+        json.loads(line) for line in (population / "expected.ndjson").read_text().splitlines()
+    ]
+    assert {e["patient"] for e in expected if e["outcome"] != "ineligible"} <= cohort_lines.keys()
+    counts = json.loads(summary.read_text())
+    assert counts["not_in_cohort"] == len(full_lines) - len(cohort_lines) > 0
+    assert counts["patients"] == len(cohort_lines)
+    report = capsys.readouterr().err
+    assert f"not in the cohort (not evaluated): {counts['not_in_cohort']}\n" in report
