@@ -51,8 +51,14 @@ public class JpaStorageConfig {
 		settings.setReuseCachedSearchResultsForMillis(null);
 		// Likewise each $export must reflect current data, not a reused earlier export.
 		settings.setEnableBulkExportJobReuse(false);
-		// References must point to resources on this server.
-		settings.setAllowExternalReferences(false);
+		// References must point to resources on this server, unless FHIR_ALLOW_EXTERNAL_REFERENCES
+		// is true: a write store, whose subjects and Provenance cite the EHR's resources by
+		// absolute URL (searchable as such: ResearchSubject?individual=<EHR base>/Patient/1).
+		boolean external = "true".equalsIgnoreCase(System.getenv("FHIR_ALLOW_EXTERNAL_REFERENCES"));
+		settings.setAllowExternalReferences(external);
+		if (external) {
+			ourLog.info("external references allowed (FHIR_ALLOW_EXTERNAL_REFERENCES=true)");
+		}
 		return settings;
 	}
 
