@@ -1,10 +1,10 @@
-"""The current candidate list, read back from the FHIR server as a reviewer would see it."""
+"""The current candidate list, read back from the store discovery wrote it to (the FHIR
+server it reads, or a write store of its own) as a reviewer would see it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from fhir_match.discovery import read_subjects
 from fhir_match.evaluate.study import Study
 from fhir_match.fhir import FhirClient
 from fhir_match.records import CriterionResult, Json
@@ -13,9 +13,12 @@ from fhir_match.writeback import (
     LISTED,
     RecordedRun,
     criteria_of,
+    ehr_local,
     find_study,
     last_complete,
     match_of,
+    patient_of,
+    read_subjects,
     recorded_run,
     run_groups,
 )
@@ -48,15 +51,20 @@ class Candidate:
     criteria: tuple[CriterionResult, ...]
 
 
-def _candidate(subject: Json) -> Candidate:
+def _candidate(subject: Json, ehr_base: str) -> Candidate:
+    """A subject as the EHR's patient and evidence references (``ehr_base``: the EHR's,
+    when the store is another server and cites them absolutely)."""
     match = match_of(subject)
     return Candidate(
         subject=f"ResearchSubject/{subject.get('id')}",
-        patient=str(subject["individual"]["reference"]),
+        patient=patient_of(subject, ehr_base),
         status=str(subject.get("status")),
         outcome=str(match.get("outcome")),
         as_of=str(match.get("asOf")),
-        criteria=tuple(criteria_of(subject)),
+        criteria=tuple(
+            replace(c, evidence=tuple(ehr_local(r, ehr_base) for r in c.evidence))
+            for c in criteria_of(subject)
+        ),
     )
 
 
@@ -70,21 +78,22 @@ class ListSource:
 
 
 def current_candidates(
-    client: FhirClient, study: Study, tag: str = "", configured: str = ""
+    store: FhirClient, study: Study, tag: str = "", configured: str = "", ehr_base: str = ""
 ) -> tuple[list[Candidate], ListSource]:
     """Everyone the runs listed (candidate or potential-candidate), whatever status a
     coordinator has given them since, by patient, and where the list comes from; empty
     when the study was never run. ``tag`` and ``configured`` (the study's ResearchStudy
-    setting) find the study as discovery does."""
-    study_ref = find_study(client, study, tag, configured)
+    setting) find the study as discovery does; ``ehr_base`` is the EHR's when ``store`` is
+    a write store of its own (Settings.ehr_base)."""
+    study_ref = find_study(store, study, tag, configured)
     if study_ref is None:
         return [], ListSource(None, ())
     found = [
-        _candidate(subject)
-        for subject in read_subjects(client, study, study_ref, tag)
+        _candidate(subject, ehr_base)
+        for subject in read_subjects(store, study, study_ref, tag)
         if match_of(subject).get("outcome") in LISTED
     ]
-    return sorted(found, key=lambda c: c.patient), list_source(client, study_ref, tag)
+    return sorted(found, key=lambda c: c.patient), list_source(store, study_ref, tag)
 
 
 def list_source(client: FhirClient, study_ref: str, tag: str) -> ListSource:

@@ -379,9 +379,9 @@ def cmd_candidates(args: argparse.Namespace) -> int:
     study = load_study(args.study)
     settings = _settings(args)
     tag = settings.tag if args.tag is None else args.tag
-    with FhirClient(settings.fhir) as client:
+    with FhirClient(settings.store) as store:
         candidates, source = current_candidates(
-            client, study, tag, settings.research_study(study.id)
+            store, study, tag, settings.research_study(study.id), settings.ehr_base
         )
     for candidate in candidates:
         if args.format == "ndjson":

@@ -18,8 +18,12 @@ __all__ = [
     "COHORT_SOURCES",
     "DEFAULT_BACKEND_SCOPE",
     "DEFAULT_FHIR_BASE_URL",
+    "DEFAULT_READ_SCOPE",
     "DEFAULT_REDIS_URL",
+    "DEFAULT_WRITE_SCOPE",
     "PROJECT_DIR",
+    "READ_PREFIX",
+    "WRITE_PREFIX",
     "AuthMethod",
     "BackendServices",
     "CohortSetting",
@@ -27,9 +31,12 @@ __all__ = [
     "ForeignLinks",
     "Settings",
     "load_settings",
+    "load_write_store",
     "mask_url_password",
     "research_study_ids",
     "research_study_setting",
+    "same_server",
+    "url_setting",
 ]
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -63,11 +70,17 @@ _WRITE_TYPES = ("ResearchStudy", "ResearchSubject", "Provenance", "Group")
 _READ_TYPES = (*(kind for kind in RECORD_TYPES if kind not in _WRITE_TYPES), "Medication")
 """What a study's rules may read: the patient-compartment types of a record, and the
 Medications they cite."""
-DEFAULT_BACKEND_SCOPE = " ".join(
-    [f"system/{kind}.rs" for kind in _READ_TYPES] + [f"system/{kind}.crus" for kind in _WRITE_TYPES]
-)
-"""SMART v2 scopes for unattended discovery: read and search the record types, create, read,
-update and search what it writes; never delete."""
+DEFAULT_READ_SCOPE = " ".join(f"system/{kind}.rs" for kind in _READ_TYPES)
+"""SMART v2 scopes on an EHR that a separate write store spares all writing: read only."""
+DEFAULT_WRITE_SCOPE = " ".join(f"system/{kind}.crus" for kind in _WRITE_TYPES)
+"""SMART v2 scopes on the write store: create, read, update and search what discovery
+writes (and reads on the next run); never delete."""
+DEFAULT_BACKEND_SCOPE = f"{DEFAULT_READ_SCOPE} {DEFAULT_WRITE_SCOPE}"
+"""SMART v2 scopes for unattended discovery reading and writing one server."""
+
+READ_PREFIX = "FHIR_"
+WRITE_PREFIX = "FHIR_WRITE_"
+"""The write store's settings: the read server's names with this prefix (FHIR_WRITE_TOKEN)."""
 
 
 @dataclass(frozen=True)
@@ -87,11 +100,16 @@ class BackendServices:
     token_url: str = ""
     """Empty: found in the FHIR server's ``.well-known/smart-configuration``."""
 
+    prefix: str = READ_PREFIX
+    """Where these settings come from (FHIR_ or FHIR_WRITE_), to name them in messages."""
+
     def __post_init__(self) -> None:
         if self.token_url and not _is_http_url(self.token_url):
-            raise ConfigError(f"FHIR_TOKEN_URL must be an http(s) URL, got {self.token_url!r}")
+            raise ConfigError(
+                f"{self.prefix}TOKEN_URL must be an http(s) URL, got {self.token_url!r}"
+            )
         if not self.scope.strip():
-            raise ConfigError("FHIR_SCOPE must name at least one scope")
+            raise ConfigError(f"{self.prefix}SCOPE must name at least one scope")
 
 
 @dataclass(frozen=True)
@@ -112,27 +130,28 @@ class FhirSettings:
     """What to do with a URL the server hands out (a next link, an export's status or file
     URL) on another scheme, host or port than ``base_url``: refuse it, or, for a server
     behind a gateway that names its internal address, send it to ``base_url`` instead."""
+    prefix: str = READ_PREFIX
+    """Where these settings come from (FHIR_ or FHIR_WRITE_), to name them in messages."""
 
     def __post_init__(self) -> None:
+        p = self.prefix
         if self.foreign_links not in _FOREIGN_LINKS:
             raise ConfigError(
-                f"FHIR_FOREIGN_LINKS must be one of {', '.join(_FOREIGN_LINKS)}, "
+                f"{p}FOREIGN_LINKS must be one of {', '.join(_FOREIGN_LINKS)}, "
                 f"got {self.foreign_links!r}"
             )
         if not _is_http_url(self.base_url):
-            raise ConfigError(f"FHIR_BASE_URL must be an http(s) URL, got {self.base_url!r}")
+            raise ConfigError(f"{url_setting(p)} must be an http(s) URL, got {self.base_url!r}")
         if self.auth == "basic" and not (self.username and self.password):
-            raise ConfigError("FHIR_AUTH=basic needs FHIR_USERNAME and FHIR_PASSWORD")
+            raise ConfigError(f"{p}AUTH=basic needs {p}USERNAME and {p}PASSWORD")
         if self.auth == "bearer" and not self.token:
-            raise ConfigError("FHIR_AUTH=bearer needs FHIR_TOKEN")
+            raise ConfigError(f"{p}AUTH=bearer needs {p}TOKEN")
         if (self.auth == "smart-backend") != (self.backend is not None):
-            raise ConfigError(
-                "FHIR_AUTH=smart-backend needs FHIR_CLIENT_ID and FHIR_PRIVATE_KEY_FILE"
-            )
+            raise ConfigError(f"{p}AUTH=smart-backend needs {p}CLIENT_ID and {p}PRIVATE_KEY_FILE")
         if self.timeout_s <= 0:
-            raise ConfigError("FHIR_TIMEOUT must be a positive number of seconds")
+            raise ConfigError(f"{p}TIMEOUT must be a positive number of seconds")
         if self.max_retries < 0:
-            raise ConfigError("FHIR_MAX_RETRIES must be 0 or more")
+            raise ConfigError(f"{p}MAX_RETRIES must be 0 or more")
 
     def with_base_url(self, base_url: str) -> FhirSettings:
         """The same settings for another server (a --fhir-url flag)."""
@@ -179,6 +198,10 @@ class Settings:
     """Everything a run needs to know, recorded with each run (secrets masked)."""
 
     fhir: FhirSettings = field(default_factory=FhirSettings)
+    """The EHR: the server discovery reads."""
+    write_store: FhirSettings | None = None
+    """Where discovery writes its list (FHIR_WRITE_URL and its own FHIR_WRITE_ credentials),
+    when not the server it reads; use :attr:`store`."""
     redis_url: str = DEFAULT_REDIS_URL
     studies: tuple[str, ...] = ()
     """Studies the schedule runs; empty: every study configured in studies/."""
@@ -220,6 +243,18 @@ class Settings:
             patient_list=value("FHIR_MATCH_PATIENT_LIST"),
         )
 
+    @property
+    def store(self) -> FhirSettings:
+        """The server fhir-match writes to and reads its list from: the write store, else
+        the read server itself (whatever base URL a flag gave it)."""
+        return self.write_store or self.fhir
+
+    @property
+    def ehr_base(self) -> str:
+        """The EHR's base URL when the store is another server (references written there
+        to the EHR's resources are absolute), else empty (relative, as on one server)."""
+        return "" if same_server(self.store.base_url, self.fhir.base_url) else self.fhir.base_url
+
     def research_study(self, study_id: str) -> str:
         """The ResearchStudy id configured for a study, or empty: find it on the server."""
         return dict(self.research_studies).get(research_study_setting(study_id), "")
@@ -242,12 +277,14 @@ class Settings:
     def as_json(self) -> dict[str, object]:
         """A JSON-ready copy with every secret masked, fit to log or store with a run."""
         data = asdict(self)
-        fhir = data["fhir"]
-        for secret in ("password", "token"):
-            if fhir[secret]:
-                fhir[secret] = _MASK
-        if fhir["backend"]:
-            fhir["backend"]["private_key"] = _MASK
+        for server in (data["fhir"], data["write_store"]):
+            if server is None:
+                continue
+            for secret in ("password", "token"):
+                if server[secret]:
+                    server[secret] = _MASK
+            if server["backend"]:
+                server["backend"]["private_key"] = _MASK
         data["redis_url"] = mask_url_password(self.redis_url)
         return data
 
@@ -255,6 +292,16 @@ class Settings:
 def _is_http_url(url: str) -> bool:
     parts = urlsplit(url)
     return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def same_server(one: str, other: str) -> bool:
+    """Two base URLs name the same FHIR server (a trailing slash aside)."""
+    return one.rstrip("/") == other.rstrip("/")
+
+
+def url_setting(prefix: str) -> str:
+    """The name of the setting holding a server's base URL: FHIR_BASE_URL, FHIR_WRITE_URL."""
+    return "FHIR_BASE_URL" if prefix == READ_PREFIX else f"{prefix}URL"
 
 
 def mask_url_password(url: str) -> str:
@@ -330,79 +377,100 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
-def _auth(env: Mapping[str, str]) -> AuthMethod:
-    raw = env.get("FHIR_AUTH", "").strip().lower()
+def _auth(env: Mapping[str, str], p: str) -> AuthMethod:
+    raw = env.get(f"{p}AUTH", "").strip().lower()
     if raw:
         if raw not in _AUTH_METHODS:
-            raise ConfigError(f"FHIR_AUTH must be one of {', '.join(_AUTH_METHODS)}, got {raw!r}")
+            raise ConfigError(f"{p}AUTH must be one of {', '.join(_AUTH_METHODS)}, got {raw!r}")
         return raw  # type: ignore[return-value]
     # No explicit method: infer it from which secret is present, if only one method's is.
     present: list[AuthMethod] = []
-    if env.get("FHIR_TOKEN"):
+    if env.get(f"{p}TOKEN"):
         present.append("bearer")
-    if env.get("FHIR_USERNAME"):
+    if env.get(f"{p}USERNAME"):
         present.append("basic")
-    if env.get("FHIR_CLIENT_ID") or env.get("FHIR_PRIVATE_KEY_FILE"):
+    if env.get(f"{p}CLIENT_ID") or env.get(f"{p}PRIVATE_KEY_FILE"):
         # Either one: a missing other half is then named, not silently no authentication.
         present.append("smart-backend")
     if len(present) > 1:
         raise ConfigError(
-            f"credentials for {' and '.join(present)} are set: say which to use with FHIR_AUTH"
+            f"credentials for {' and '.join(present)} are set: say which to use with {p}AUTH"
         )
     return present[0] if present else "none"
 
 
-def _backend(env: Mapping[str, str]) -> BackendServices:
-    client_id = env.get("FHIR_CLIENT_ID", "").strip()
+def _backend(env: Mapping[str, str], p: str, default_scope: str) -> BackendServices:
+    client_id = env.get(f"{p}CLIENT_ID", "").strip()
     if not client_id:
-        raise ConfigError("SMART Backend Services (FHIR_AUTH=smart-backend) needs FHIR_CLIENT_ID")
-    path = env.get("FHIR_PRIVATE_KEY_FILE", "").strip()
+        raise ConfigError(f"SMART Backend Services ({p}AUTH=smart-backend) needs {p}CLIENT_ID")
+    path = env.get(f"{p}PRIVATE_KEY_FILE", "").strip()
     if not path:
         raise ConfigError(
-            "SMART Backend Services (FHIR_AUTH=smart-backend) needs FHIR_PRIVATE_KEY_FILE, "
+            f"SMART Backend Services ({p}AUTH=smart-backend) needs {p}PRIVATE_KEY_FILE, "
             "a PEM private key"
         )
     try:
         pem = Path(path).read_text(encoding="ascii")
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise ConfigError(f"FHIR_PRIVATE_KEY_FILE {path!r} cannot be read: {reason}") from None
+        raise ConfigError(f"{p}PRIVATE_KEY_FILE {path!r} cannot be read: {reason}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"FHIR_PRIVATE_KEY_FILE {path!r} is not a PEM file") from None
+        raise ConfigError(f"{p}PRIVATE_KEY_FILE {path!r} is not a PEM file") from None
     try:
-        key = signing_key(pem, env.get("FHIR_KEY_ID", "").strip())
+        key = signing_key(pem, env.get(f"{p}KEY_ID", "").strip())
     except ValueError as exc:
-        raise ConfigError(f"FHIR_PRIVATE_KEY_FILE {path!r}: {exc}") from None
+        raise ConfigError(f"{p}PRIVATE_KEY_FILE {path!r}: {exc}") from None
     return BackendServices(
         client_id=client_id,
         private_key=pem,
         private_key_file=path,
         key_id=key.kid,
         algorithm=key.alg,
-        scope=" ".join((env.get("FHIR_SCOPE") or DEFAULT_BACKEND_SCOPE).split()),
-        token_url=env.get("FHIR_TOKEN_URL", "").strip(),
+        scope=" ".join((env.get(f"{p}SCOPE") or default_scope).split()),
+        token_url=env.get(f"{p}TOKEN_URL", "").strip(),
+        prefix=p,
     )
+
+
+def _fhir_settings(env: Mapping[str, str], p: str, base_url: str, scope: str) -> FhirSettings:
+    """One server's settings, from the variables under prefix ``p`` (FHIR_, FHIR_WRITE_)."""
+    auth = _auth(env, p)
+    return FhirSettings(
+        base_url=base_url,
+        auth=auth,
+        username=env.get(f"{p}USERNAME", ""),
+        password=env.get(f"{p}PASSWORD", ""),
+        token=env.get(f"{p}TOKEN", ""),
+        timeout_s=_number(env, f"{p}TIMEOUT", DEFAULT_TIMEOUT_S),
+        max_retries=int(_number(env, f"{p}MAX_RETRIES", DEFAULT_MAX_RETRIES)),
+        max_wait_s=_number(env, f"{p}MAX_WAIT", DEFAULT_MAX_WAIT_S),
+        backend=_backend(env, p, scope) if auth == "smart-backend" else None,
+        foreign_links=env.get(f"{p}FOREIGN_LINKS", "").strip().lower() or "refuse",  # type: ignore[arg-type]
+        prefix=p,
+    )
+
+
+def load_write_store(env: Mapping[str, str]) -> FhirSettings | None:
+    """The write store's settings (FHIR_WRITE_URL and the FHIR_WRITE_ credentials), or None
+    when FHIR_WRITE_URL is unset: the read server is then the store, with its settings."""
+    url = env.get(url_setting(WRITE_PREFIX), "").strip()
+    return _fhir_settings(env, WRITE_PREFIX, url, DEFAULT_WRITE_SCOPE) if url else None
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read the settings from environment variables (the README lists them)."""
     env = os.environ if env is None else env
-    auth = _auth(env)
-    fhir = FhirSettings(
-        base_url=env.get("FHIR_BASE_URL") or DEFAULT_FHIR_BASE_URL,
-        auth=auth,
-        username=env.get("FHIR_USERNAME", ""),
-        password=env.get("FHIR_PASSWORD", ""),
-        token=env.get("FHIR_TOKEN", ""),
-        timeout_s=_number(env, "FHIR_TIMEOUT", DEFAULT_TIMEOUT_S),
-        max_retries=int(_number(env, "FHIR_MAX_RETRIES", DEFAULT_MAX_RETRIES)),
-        max_wait_s=_number(env, "FHIR_MAX_WAIT", DEFAULT_MAX_WAIT_S),
-        backend=_backend(env) if auth == "smart-backend" else None,
-        foreign_links=env.get("FHIR_FOREIGN_LINKS", "").strip().lower() or "refuse",  # type: ignore[arg-type]
+    store = load_write_store(env)
+    fhir = _fhir_settings(
+        env,
+        READ_PREFIX,
+        env.get("FHIR_BASE_URL") or DEFAULT_FHIR_BASE_URL,
+        DEFAULT_READ_SCOPE if store else DEFAULT_BACKEND_SCOPE,
     )
     studies = tuple(s.strip() for s in env.get("FHIR_MATCH_STUDIES", "").split(",") if s.strip())
     return Settings(
         fhir=fhir,
+        write_store=store,
         redis_url=env.get("REDIS_URL") or DEFAULT_REDIS_URL,
         studies=studies,
         schedule=env.get("FHIR_MATCH_SCHEDULE") or DEFAULT_SCHEDULE,

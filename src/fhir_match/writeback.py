@@ -24,14 +24,15 @@ import json
 import re
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from fhir_match import __version__
 from fhir_match.config import research_study_setting
 from fhir_match.errors import ConfigError, FatalFhirError
 from fhir_match.evaluate.study import Study
+from fhir_match.fetch import patient_chunks
 from fhir_match.fhir import FhirClient, Search
 from fhir_match.fhir.models import to_json
 from fhir_match.funnel import Funnel
@@ -56,6 +57,8 @@ __all__ = [
     "apply_changes",
     "choose_study",
     "criteria_of",
+    "ehr_local",
+    "ehr_reference",
     "failure_reasons",
     "find_study",
     "funnel_of",
@@ -64,7 +67,9 @@ __all__ = [
     "match_of",
     "our_subjects",
     "own_study_identifier",
+    "patient_of",
     "plan_change",
+    "read_subjects",
     "recorded_run",
     "run_groups",
     "run_of",
@@ -74,6 +79,7 @@ __all__ = [
     "study_resource",
     "study_search",
     "subject_identifier",
+    "subjects_of",
     "write_evaluations",
 ]
 
@@ -308,6 +314,35 @@ class RunInfo:
     """When the run started (an instant): Provenance.recorded."""
     tag: str = ""
     """The run tag everything written carries (test data on a shared server), or none."""
+    ehr_base: str = ""
+    """The EHR's base URL when the list is written to a store of its own: references to the
+    EHR's resources are then absolute there; empty, one server: relative, as always."""
+
+
+def ehr_reference(reference: str, ehr_base: str) -> str:
+    """How a store refers to an EHR resource (``Patient/1``): relative on one server, else
+    ``<EHR base>/Patient/1``. Already absolute (or contained, or a urn) stays as it is."""
+    if not ehr_base or "://" in reference or reference.startswith(("#", "urn:")):
+        return reference
+    return f"{ehr_base.rstrip('/')}/{reference}"
+
+
+def ehr_local(reference: str, ehr_base: str) -> str:
+    """The EHR's own reference (``Patient/1``) for one the store holds: the inverse of
+    :func:`ehr_reference`. A reference to any other server stays absolute (never read)."""
+    prefix = f"{ehr_base.rstrip('/')}/"
+    return reference.removeprefix(prefix) if ehr_base else reference
+
+
+def patient_of(subject: Json, ehr_base: str) -> str:
+    """The EHR's ``Patient/<id>`` a subject is about, however the store refers to it."""
+    return ehr_local(str((subject.get("individual") or {}).get("reference") or ""), ehr_base)
+
+
+def _cited(result: CriterionResult, ehr_base: str) -> CriterionResult:
+    """A criterion's result as the store records it: its evidence cited in the EHR."""
+    evidence = tuple(ehr_reference(r, ehr_base) for r in result.evidence)
+    return replace(result, evidence=evidence) if evidence != result.evidence else result
 
 
 @dataclass(frozen=True)
@@ -335,7 +370,7 @@ def plan_change(
     like an ineligible one, their subject is marked as no longer matching.
     """
     outcome = evaluation.outcome if evaluation else "ineligible"
-    criteria = evaluation.criteria if evaluation else ()
+    criteria = tuple(_cited(c, run.ehr_base) for c in evaluation.criteria) if evaluation else ()
     listed = outcome in LISTED
     if existing is None:
         if not listed:
@@ -347,7 +382,7 @@ def plan_change(
             ],
             "status": outcome,
             "study": {"reference": study_ref},
-            "individual": {"reference": patient},
+            "individual": {"reference": ehr_reference(patient, run.ehr_base)},
         }
         previous: dict[str, Any] = {"status": outcome}
         action: Literal["create", "update"] = "create"
@@ -521,10 +556,11 @@ def apply_changes(client: FhirClient, changes: Sequence[Change], tag: str = "") 
 # -- the run's snapshot -------------------------------------------------------------------
 
 
-def our_subjects(resources: Sequence[Json], study: Study) -> dict[str, Json]:
-    """The study's subjects fhir-match wrote among ``resources``, by patient reference."""
+def our_subjects(resources: Sequence[Json], study: Study, ehr_base: str = "") -> dict[str, Json]:
+    """The study's subjects fhir-match wrote among ``resources``, by the EHR's patient
+    reference (``ehr_base``: the EHR's, when the subjects are in a store of their own)."""
     return {
-        str(r["individual"]["reference"]): r
+        patient_of(r, ehr_base): r
         for r in resources
         if r["resourceType"] == "ResearchSubject"
         and is_ours(r, study)
@@ -532,12 +568,20 @@ def our_subjects(resources: Sequence[Json], study: Study) -> dict[str, Json]:
     }
 
 
-def _subjects_of(
-    client: FhirClient, study: Study, patients: Sequence[str], tag: str
+def subjects_of(
+    store: FhirClient, study: Study, patients: Sequence[str], run: RunInfo
 ) -> dict[str, Json]:
-    identifiers = [f"{SUBJECT_SYSTEM}|{subject_identifier(study, p, tag)}" for p in patients]
-    found = client.pages(Search("ResearchSubject").where("identifier", *identifiers))
-    return our_subjects([e["resource"] for page in found for e in page.get("entry") or []], study)
+    """The subjects the store holds for ``patients`` (``Patient/<id>``), by patient: the
+    existing subjects a batch plans against when they are not in the records it fetched
+    (a store of its own). Searched by their identifiers, which name the patient however
+    the store refers to them, as many per request as fit in a URL."""
+    identifiers = [f"{SUBJECT_SYSTEM}|{subject_identifier(study, p, run.tag)}" for p in patients]
+    found: dict[str, Json] = {}
+    for chunk in patient_chunks(identifiers):
+        search = Search("ResearchSubject").where("identifier", *chunk).count(len(chunk))
+        resources = [e["resource"] for page in store.pages(search) for e in page.get("entry") or []]
+        found.update(our_subjects(resources, study, run.ehr_base))
+    return found
 
 
 def write_evaluations(
@@ -568,7 +612,7 @@ def write_evaluations(
     conflicts, written.conflicts = written.conflicts, []
     if conflicts:
         retry = apply_changes(
-            client, plan(conflicts, _subjects_of(client, study, conflicts, run.tag)), run.tag
+            client, plan(conflicts, subjects_of(client, study, conflicts, run)), run.tag
         )
         written.add(retry)
         written.failed += [
@@ -710,6 +754,22 @@ def recorded_run(group: Json) -> RecordedRun:
     )
 
 
+SUBJECT_PAGE_SIZE = 500
+
+
+def read_subjects(store: FhirClient, study: Study, study_ref: str, tag: str = "") -> Iterator[Json]:
+    """Every subject fhir-match wrote for the study (with a run tag: written by tagged
+    runs only, so a test population's run never touches another's), page by page."""
+    search = Search("ResearchSubject").where("study", study_ref).count(SUBJECT_PAGE_SIZE)
+    if tag:
+        search = search.where("_tag", tag_token(tag))
+    for page in store.pages(search):
+        for entry in page.get("entry") or []:
+            resource = entry.get("resource") or {}
+            if resource.get("resourceType") == "ResearchSubject" and is_ours(resource, study):
+                yield resource
+
+
 RUN_GROUPS_PAGE = 20
 
 
@@ -781,7 +841,7 @@ def snapshot_group(
         "member": [
             {
                 "extension": [{"url": EXT_OUTCOME, "valueCode": outcome}],
-                "entity": {"reference": patient},
+                "entity": {"reference": ehr_reference(patient, run.ehr_base)},
             }
             for patient, outcome in members
         ],

@@ -8,7 +8,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from fhir_match.config import DEFAULT_FHIR_BASE_URL, DEFAULT_REDIS_URL, research_study_ids
+from fhir_match.config import (
+    DEFAULT_FHIR_BASE_URL,
+    DEFAULT_REDIS_URL,
+    FhirSettings,
+    load_write_store,
+    research_study_ids,
+    same_server,
+)
 from fhir_match.errors import ConfigError
 
 __all__ = ["ReviewSettings", "load_review_settings"]
@@ -42,6 +49,9 @@ class ReviewSettings:
     """Review only a tagged population (synthetic data on a shared server)."""
     research_studies: tuple[tuple[str, str], ...] = ()
     """FHIR_MATCH_RESEARCH_STUDY_<STUDY> settings, as discovery reads them."""
+    store: FhirSettings | None = None
+    """The write store discovery writes the lists to (FHIR_WRITE_URL), reached with its own
+    settings, server-side; None: the lists are in the EHR, read with the user's token."""
 
     def __post_init__(self) -> None:
         for name, url in (("FHIR_BASE_URL", self.fhir_base_url), ("public URL", self.base)):
@@ -68,6 +78,14 @@ class ReviewSettings:
         return (self.public_url or f"http://{host}:{self.port}").rstrip("/")
 
     @property
+    def ehr_base(self) -> str:
+        """The EHR's base when the lists are in a store of another server (their references
+        to the EHR are absolute), else empty."""
+        if self.store is None or same_server(self.store.base_url, self.fhir_base_url):
+            return ""
+        return self.fhir_base_url
+
+    @property
     def secure_cookies(self) -> bool:
         return self.base.startswith("https://")
 
@@ -84,8 +102,9 @@ def _loopback(host: str) -> bool:
 def load_review_settings(
     env: Mapping[str, str] | None = None, *, host: str | None = None, port: int | None = None
 ) -> ReviewSettings:
-    """From FHIR_BASE_URL, REDIS_URL, FHIR_MATCH_TAG and the FHIR_MATCH_REVIEW_* variables
-    (the README lists them); ``host``/``port`` are the command line's."""
+    """From FHIR_BASE_URL, FHIR_WRITE_*, REDIS_URL, FHIR_MATCH_TAG and the
+    FHIR_MATCH_REVIEW_* variables (the README lists them); ``host``/``port`` are the
+    command line's."""
     env = os.environ if env is None else env
     raw_port = env.get("FHIR_MATCH_REVIEW_PORT") or str(DEFAULT_PORT)
     try:
@@ -109,4 +128,5 @@ def load_review_settings(
         session_hours=hours,
         tag=env.get("FHIR_MATCH_TAG", ""),
         research_studies=research_study_ids(env),
+        store=load_write_store(env),
     )

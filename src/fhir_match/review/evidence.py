@@ -163,9 +163,15 @@ def describe(resource: Json, medications: Mapping[str, Json]) -> Evidence:
 
 
 def missing(reference: str, allowed: bool) -> Evidence:
-    """A cited resource the app cannot show: deleted since the run, or not in the grant."""
+    """A cited resource the app cannot show: deleted since the run, not in the grant, or
+    on another server than the EHR (the app reads evidence from the EHR only)."""
     kind = reference.split("/", 1)[0]
-    why = "no longer on the FHIR server" if allowed else "your access does not include it"
+    if "://" in reference:
+        why = "not on the EHR's FHIR server: not read"
+    elif allowed:
+        why = "no longer on the FHIR server"
+    else:
+        why = "your access does not include it"
     return Evidence(reference, kind, f"({why})", "", "", (), "")
 
 

@@ -12,6 +12,8 @@ __all__ = ["Grant", "requested_scopes"]
 
 _V1 = {"read": "rs", "write": "cud", "*": "cruds"}
 _ALL_TYPES = "*"
+_STORED = ("Group", "Provenance", "ResearchStudy", "ResearchSubject")
+"""What discovery writes: in the EHR, or in a write store of its own."""
 
 
 @dataclass(frozen=True)
@@ -48,18 +50,28 @@ class Grant:
     def can_read(self, resource_type: str) -> bool:
         return self.allows(resource_type, "r") and self.allows(resource_type, "s")
 
+    def with_store(self) -> Grant:
+        """This grant on the EHR, and the lists fhir-match wrote to a store of its own: the
+        app reaches that store with fhir-match's credentials, so a signed-in coordinator may
+        read the lists and record decisions there."""
+        store = tuple((t, "crus") for t in _STORED)
+        kept = tuple(p for p in self.permissions if p[0] not in _STORED)
+        return Grant(tuple(sorted(kept + store)), self.unrestricted)
+
     def can_decide(self) -> bool:
         """Recording a decision updates the ResearchSubject and creates its Provenance."""
         return self.allows("ResearchSubject", "u") and self.allows("Provenance", "c")
 
 
-def requested_scopes(evidence_types: frozenset[str], ehr_launch: bool) -> str:
+def requested_scopes(evidence_types: frozenset[str], ehr_launch: bool, store: bool = False) -> str:
     """The scopes to ask for: who the user is, the lists fhir-match wrote, the resources
-    they cite as evidence, and the right to record a decision; nothing else."""
-    reads = {"ResearchStudy", "ResearchSubject", "Group", "Provenance", "Patient", "Medication"}
+    they cite as evidence, and the right to record a decision; nothing else. With a
+    ``store`` of its own the lists are not in the EHR: only patients and evidence are."""
+    reads = {"Patient", "Medication"} | (set() if store else set(_STORED))
     scopes = ["openid", "fhirUser", "profile"]
     if ehr_launch:
         scopes.append("launch")
     scopes += [f"user/{t}.rs" for t in sorted(reads | evidence_types)]
-    scopes += ["user/ResearchSubject.u", "user/Provenance.c"]
+    if not store:
+        scopes += ["user/ResearchSubject.u", "user/Provenance.c"]
     return " ".join(scopes)

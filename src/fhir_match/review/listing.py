@@ -8,7 +8,15 @@ from dataclasses import dataclass
 from datetime import date
 
 from fhir_match.records import Json
-from fhir_match.writeback import EXT_OUTCOME, LISTED, RUN_SYSTEM, criteria_of, match_of
+from fhir_match.writeback import (
+    EXT_OUTCOME,
+    LISTED,
+    RUN_SYSTEM,
+    criteria_of,
+    ehr_local,
+    match_of,
+    patient_of,
+)
 
 __all__ = [
     "SORT_KEYS",
@@ -32,7 +40,9 @@ class Snapshot:
     members: Mapping[str, str]
 
 
-def snapshot_of(group: Json) -> Snapshot:
+def snapshot_of(group: Json, ehr_base: str = "") -> Snapshot:
+    """A run's Group as patient (the EHR's ``Patient/<id>``, ``ehr_base`` when the Group is
+    in a store of its own) -> outcome."""
     run = next(
         (
             str(i.get("value"))
@@ -51,7 +61,8 @@ def snapshot_of(group: Json) -> Snapshot:
             ),
             "",
         )
-        members[str((member.get("entity") or {}).get("reference"))] = str(outcome)
+        reference = str((member.get("entity") or {}).get("reference"))
+        members[ehr_local(reference, ehr_base)] = str(outcome)
     return Snapshot(run, members)
 
 
@@ -113,16 +124,18 @@ def candidate_rows(
     patients: Mapping[str, Json],
     latest: Snapshot | None,
     previous: Snapshot | None,
+    ehr_base: str = "",
 ) -> list[Row]:
     """Every subject fhir-match lists (candidate or potential-candidate), whatever status a
-    coordinator has given it since."""
+    coordinator has given it since (``ehr_base``: the EHR's, when the subjects are in a
+    store of their own)."""
     rows = []
     for subject in subjects:
         match = match_of(subject)
         outcome = str(match.get("outcome") or "")
         if outcome not in LISTED:
             continue
-        patient = str(subject["individual"]["reference"])
+        patient = patient_of(subject, ehr_base)
         resource = patients.get(patient)
         as_of = str(match.get("asOf") or "")
         try:

@@ -1,6 +1,7 @@
 """The review pages: studies, a study's candidate list, a patient's evidence and decision,
-the latest run's funnel. Each handler reads through the user's token, builds plain rows
-with the pure modules beside it, and renders a template."""
+the latest run's funnel. Each handler reads the lists (and writes decisions) in the store
+discovery wrote them to, and patients and evidence in the EHR through the user's token;
+it builds plain rows with the pure modules beside it, and renders a template."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import csv
 import io
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +20,6 @@ from starlette.templating import Jinja2Templates
 
 from fhir_match.candidates import RUNS_LOOKED_AT, list_source
 from fhir_match.config import FhirSettings, research_study_setting
-from fhir_match.discovery import read_subjects
 from fhir_match.errors import FhirError
 from fhir_match.evaluate.study import Study
 from fhir_match.fhir import FhirClient
@@ -49,10 +49,13 @@ from fhir_match.review.listing import (
 from fhir_match.review.smart import User
 from fhir_match.writeback import (
     criteria_of,
+    ehr_local,
     find_study,
     funnel_of,
     last_complete,
     match_of,
+    patient_of,
+    read_subjects,
     recorded_run,
     run_groups,
     run_state_of,
@@ -73,6 +76,7 @@ class Pages:
     # -- plumbing ---------------------------------------------------------------------------
 
     def _client(self, user: User) -> FhirClient:
+        """The EHR, with the user's token: patients and evidence."""
         auth: Any = "bearer" if user.access_token else "none"
         return FhirClient(
             FhirSettings(
@@ -84,6 +88,14 @@ class Pages:
                 max_wait_s=10.0,
             )
         )
+
+    def _store(self, user: User) -> FhirClient:
+        """Where the lists are: a write store of their own, reached with its own settings
+        (never the user's token), else the EHR itself."""
+        store = self.settings.store
+        if store is None:
+            return self._client(user)
+        return FhirClient(replace(store, timeout_s=PAGE_TIMEOUT_S, max_retries=2, max_wait_s=10.0))
 
     def render(
         self, request: Request, template: str, status: int = 200, **context: Any
@@ -118,17 +130,17 @@ class Pages:
         if isinstance(user, Response):
             return user
         overview = []
-        with self._client(user) as client:
+        with self._store(user) as store:
             for study in self.studies.values():
-                ref = self._study_ref(client, study)
+                ref = self._study_ref(store, study)
                 rows = (
                     candidate_rows(
-                        list(read_subjects(client, study, ref, self.settings.tag)), {}, None, None
+                        list(read_subjects(store, study, ref, self.settings.tag)), {}, None, None
                     )
                     if ref and user.grant.can_read("ResearchSubject")
                     else []
                 )
-                source = list_source(client, ref, self.settings.tag) if ref else None
+                source = list_source(store, ref, self.settings.tag) if ref else None
                 overview.append(
                     {
                         "study": study,
@@ -153,7 +165,8 @@ class Pages:
         """The study's recent run Groups (newest first), and the snapshots of its last two
         complete runs: "since the previous run" compares complete runs only."""
         groups = run_groups(client, ref, self.settings.tag, RUNS_LOOKED_AT)
-        complete = [snapshot_of(g) for g in groups if run_state_of(g).state == "complete"]
+        base = self.settings.ehr_base
+        complete = [snapshot_of(g, base) for g in groups if run_state_of(g).state == "complete"]
         return (
             groups,
             complete[0] if complete else None,
@@ -166,14 +179,13 @@ class Pages:
             return user
         study = self._study(request.path_params["study"])
         query = request.query_params
-        with self._client(user) as client:
-            ref = self._study_ref(client, study)
-            subjects = list(read_subjects(client, study, ref, self.settings.tag)) if ref else []
-            groups, latest, previous = self._runs(client, ref) if ref else ([], None, None)
-            people = reads.patients(
-                client, [str(s["individual"]["reference"]) for s in subjects], user.grant
-            )
-        rows = candidate_rows(subjects, people, latest, previous)
+        base = self.settings.ehr_base
+        with self._store(user) as store, self._client(user) as ehr:
+            ref = self._study_ref(store, study)
+            subjects = list(read_subjects(store, study, ref, self.settings.tag)) if ref else []
+            groups, latest, previous = self._runs(store, ref) if ref else ([], None, None)
+            people = reads.patients(ehr, [patient_of(s, base) for s in subjects], user.grant)
+        rows = candidate_rows(subjects, people, latest, previous, base)
         shown = sort_rows(
             filter_rows(
                 rows,
@@ -205,8 +217,9 @@ class Pages:
             return user
         study = self._study(request.path_params["study"])
         patient_id = request.path_params["patient"]
-        with self._client(user) as client:
-            subject = reads.find_subject(client, study, patient_id, self.settings.tag)
+        base = self.settings.ehr_base
+        with self._store(user) as store, self._client(user) as ehr:
+            subject = reads.find_subject(store, study, patient_id, self.settings.tag)
             if subject is None:
                 return self.render(
                     request,
@@ -214,14 +227,17 @@ class Pages:
                     status=404,
                     message="fhir-match has not listed this patient for this study.",
                 )
-            criteria = criteria_of(subject)
+            criteria = [
+                replace(c, evidence=tuple(ehr_local(r, base) for r in c.evidence))
+                for c in criteria_of(subject)
+            ]
             cited = sorted({r for c in criteria for r in c.evidence})
-            found = reads.cited_resources(client, cited, user.grant)
-            person = reads.patients(client, [f"Patient/{patient_id}"], user.grant).get(
+            found = reads.cited_resources(ehr, cited, user.grant)
+            person = reads.patients(ehr, [f"Patient/{patient_id}"], user.grant).get(
                 f"Patient/{patient_id}"
             )
             history = (
-                decision_history(reads.decision_provenances(client, str(subject["id"])))
+                decision_history(reads.decision_provenances(store, str(subject["id"])))
                 if user.grant.can_read("Provenance")
                 else []
             )
@@ -286,7 +302,7 @@ class Pages:
         study = self._study(request.path_params["study"])
         patient_id = request.path_params["patient"]
         page = f"{self.settings.base}/studies/{study.id}/patients/{patient_id}"
-        with self._client(user) as client:
+        with self._store(user) as client:
             subject = reads.find_subject(client, study, patient_id, self.settings.tag)
             if subject is None:
                 return self.render(request, "error.html", status=404, message="No such subject.")
@@ -325,9 +341,9 @@ class Pages:
     ) -> tuple[Funnel | None, dict[str, Any], list[Json]]:
         """The funnel of the last complete full run, its Group, and the study's recent
         Groups (to flag later partial or failed runs)."""
-        with self._client(user) as client:
-            ref = self._study_ref(client, study)
-            groups = run_groups(client, ref, self.settings.tag, RUNS_LOOKED_AT) if ref else []
+        with self._store(user) as store:
+            ref = self._study_ref(store, study)
+            groups = run_groups(store, ref, self.settings.tag, RUNS_LOOKED_AT) if ref else []
         for group in groups:
             funnel = funnel_of(group)
             full = funnel is not None and funnel.scope == "full"

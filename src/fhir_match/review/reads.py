@@ -52,10 +52,13 @@ def find_subject(client: FhirClient, study: Study, patient_id: str, tag: str) ->
 
 
 def cited_resources(client: FhirClient, references: Sequence[str], grant: Grant) -> dict[str, Json]:
-    """The evidence resources by reference, with the Medications medication uses point to;
-    types the grant does not include are not asked for."""
+    """The evidence resources by reference (the EHR's own, relative), with the Medications
+    medication uses point to; types the grant does not include, and absolute references
+    (another server's), are not asked for."""
     by_type: dict[str, list[str]] = {}
     for reference in references:
+        if "://" in reference:
+            continue  # another server's: evidence is read from the EHR only
         resource_type, _, resource_id = reference.partition("/")
         if resource_id and grant.can_read(resource_type):
             by_type.setdefault(resource_type, []).append(resource_id)

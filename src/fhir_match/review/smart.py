@@ -98,7 +98,9 @@ class Smart:
             response: Response = await client.authorize_redirect(
                 request,
                 f"{self.settings.base}/callback",
-                scope=requested_scopes(self.evidence_types, ehr_launch=bool(launch)),
+                scope=requested_scopes(
+                    self.evidence_types, ehr_launch=bool(launch), store=bool(self.settings.store)
+                ),
                 **params,
             )
         except (OAuthError, OSError, ValueError) as exc:
@@ -177,10 +179,11 @@ def current_user(request: Request, settings: ReviewSettings) -> User | None:
     user, token = request.session.get("user"), request.session.get("token")
     if not user or not token or float(token.get("expires_at", 0)) <= time.time():
         return None
+    grant = Grant.from_scope(token["scope"])
     return User(
         fhir_user=user["fhir_user"],
         name=user["name"] or user["fhir_user"],
-        grant=Grant.from_scope(token["scope"]),
+        grant=grant.with_store() if settings.store else grant,
         access_token=token["access_token"],
         patient=user.get("patient", ""),
     )
