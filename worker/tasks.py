@@ -70,6 +70,13 @@ def _settings(base_url: str | None) -> Settings:
     return replace(settings, fhir=settings.fhir.with_base_url(base_url)) if base_url else settings
 
 
+def _run_info(run: Run) -> RunInfo:
+    """What a run's writes record; references to the EHR are absolute when the run's
+    settings name a write store of another server."""
+    ehr_base = _settings(run.base_url or None).ehr_base
+    return RunInfo(run.id, run.as_of, run.started, run.tag, ehr_base)
+
+
 def _redis(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(settings.redis_url, socket_timeout=30)
 
@@ -215,13 +222,15 @@ def discover(
         setup = study_setup(study_id)
         setting = CohortSetting(**cohort) if cohort else settings.cohort(study_id)
         last = runs.last_run(store, run.scope)
-        with FhirClient(settings.fhir) as client:
+        with FhirClient(settings.fhir) as client, FhirClient(settings.store) as fhir_store:
             source = choose_source(setting, read_allows(client), bulk=fetch == "bulk")
             full = always_full(source) or _full(settings, last, mode)
             since = None
             if not full and last is not None:
                 since = (datetime.fromisoformat(last.started) - SINCE_MARGIN).isoformat()
-            study_ref = ensure_study(client, setup.study, tag, settings.research_study(study_id))
+            study_ref = ensure_study(
+                fhir_store, setup.study, tag, settings.research_study(study_id)
+            )
             found = find(client, setup, source, folder, tag=tag, since=since)
             cohort_requests = client.requests
         local = found.fetch is Fetch.FILES
@@ -306,9 +315,9 @@ def _record_failure(run: Run, study_ref: str) -> None:
     if not study_ref:
         return
     setup = study_setup(run.study)
-    info = RunInfo(run.id, run.as_of, run.started, run.tag)
+    info = _run_info(run)
     funnel = runs.run_funnel(run, setup.study) if run.cohort else None
-    fhir = _settings(run.base_url or None).fhir
+    fhir = _settings(run.base_url or None).store
     # best effort, once: a server that is gone must not hold up the task (the watchdog)
     quick = replace(fhir, max_retries=0, timeout_s=min(fhir.timeout_s, FAILURE_TIMEOUT_S))
     with FhirClient(quick) as client:
@@ -326,13 +335,21 @@ def screen_patients(self: Task, run_id: str, batch: int, patients: Sequence[str]
     runs.mark_started(store, run_id, batch)
     settings = _settings(run.base_url)
     started = time.perf_counter()
-    info = RunInfo(run_id, run.as_of, run.started, run.tag)
+    info = _run_info(run)
     try:
         setup = study_setup(run.study)
         engine = _engine(run.study, run.as_of)
-        with FhirClient(settings.fhir) as client:
+        with FhirClient(settings.fhir) as client, FhirClient(settings.store) as fhir_store:
             screened = screen_batch(
-                client, setup, engine, Fetch(run.fetch), patients, run.study_ref, info, run.since
+                client,
+                setup,
+                engine,
+                Fetch(run.fetch),
+                patients,
+                run.study_ref,
+                info,
+                run.since,
+                store=fhir_store,
             )
         if run.full and screened.outside:
             runs.leave_cohort(store, run_id, screened.outside)
@@ -371,7 +388,7 @@ def finish_discovery(self: Task, results: list[dict[str, Any]], run_id: str) -> 
 
 def _screen_files(store: redis.Redis, run: Run, found: Found) -> None:
     """Screen a run's patients from its export files, recording each batch."""
-    info = RunInfo(run.id, run.as_of, run.started, run.tag)
+    info = _run_info(run)
     setup = study_setup(run.study)
     engine = _engine(run.study, run.as_of)
     batches = iter(range(len(found.patients) + 2))
@@ -379,8 +396,9 @@ def _screen_files(store: redis.Redis, run: Run, found: Found) -> None:
     def record(report: BatchReport) -> None:
         runs.record_batch(store, run.id, next(batches), report.as_json())
 
-    with FhirClient(_settings(run.base_url).fhir) as client:
-        screen_files(client, setup, engine, found, run.study_ref, info, record)
+    settings = _settings(run.base_url)
+    with FhirClient(settings.fhir) as client, FhirClient(settings.store) as fhir_store:
+        screen_files(client, setup, engine, found, run.study_ref, info, record, fhir_store)
 
 
 def _claim(run: Run) -> Run | None:
@@ -410,11 +428,11 @@ def _finish(store: redis.Redis, run_id: str) -> dict[str, Any]:
         # never an empty cohort for a lost one: that would unlist everyone
         _fail(store, run_id, "its cohort was lost with Redis; the next run lists everyone again")
         return {"run": run_id, "state": State.FAILED}
-    info = RunInfo(run_id, run.as_of, run.started, run.tag)
+    info = _run_info(run)
     try:
         setup = study_setup(run.study)
         funnel = runs.run_funnel(run, setup.study)
-        with FhirClient(_settings(run.base_url).fhir) as client:
+        with FhirClient(_settings(run.base_url).store) as client:
             report = finish_run(
                 client,
                 setup,

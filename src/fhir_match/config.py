@@ -70,8 +70,11 @@ _WRITE_TYPES = ("ResearchStudy", "ResearchSubject", "Provenance", "Group")
 _READ_TYPES = (*(kind for kind in RECORD_TYPES if kind not in _WRITE_TYPES), "Medication")
 """What a study's rules may read: the patient-compartment types of a record, and the
 Medications they cite."""
-DEFAULT_READ_SCOPE = " ".join(f"system/{kind}.rs" for kind in _READ_TYPES)
-"""SMART v2 scopes on an EHR that a separate write store spares all writing: read only."""
+DEFAULT_READ_SCOPE = " ".join(
+    f"system/{kind}.rs" for kind in (*RECORD_TYPES, "Medication", "ResearchStudy")
+)
+"""SMART v2 scopes on an EHR that a separate write store spares all writing: read only (a
+record's ResearchSubjects and their studies too: the rules may ask about other trials)."""
 DEFAULT_WRITE_SCOPE = " ".join(f"system/{kind}.crus" for kind in _WRITE_TYPES)
 """SMART v2 scopes on the write store: create, read, update and search what discovery
 writes (and reads on the next run); never delete."""

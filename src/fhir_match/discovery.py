@@ -9,7 +9,7 @@ Every step is idempotent: run twice, it writes nothing the second time.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -17,13 +17,12 @@ from fhir_match.errors import FatalFhirError, FhirError
 from fhir_match.evaluate.engine import CqlEvaluator
 from fhir_match.evaluate.evaluator import evaluate_batch
 from fhir_match.evaluate.study import Study
-from fhir_match.fhir import FhirClient, Search
+from fhir_match.fhir import FhirClient
 from fhir_match.fhir.models import parse_resource
 from fhir_match.funnel import Funnel, removals
 from fhir_match.records import DataIssue, Json, PatientEvaluation, PatientRecord
 from fhir_match.runtime import StudySetup
 from fhir_match.sources import Fetch, Found, fetch_batch, file_batches
-from fhir_match.tagging import tag_token
 from fhir_match.writeback import (
     LISTED,
     RUN_SYSTEM,
@@ -37,9 +36,12 @@ from fhir_match.writeback import (
     match_of,
     our_subjects,
     own_study_identifier,
+    patient_of,
+    read_subjects,
     run_state,
     snapshot_group,
     study_resource,
+    subjects_of,
     write_evaluations,
 )
 
@@ -49,13 +51,11 @@ __all__ = [
     "FinishReport",
     "ensure_study",
     "finish_run",
-    "read_subjects",
     "record_failed_run",
     "screen_batch",
     "screen_files",
 ]
 
-SUBJECT_PAGE_SIZE = 500
 PATIENTS_PER_BATCH = 100
 """Patients per evaluation batch: a few requests per resource type, one engine call."""
 
@@ -132,12 +132,14 @@ def screen_batch(
     study_ref: str,
     run: RunInfo,
     since: str | None = None,
+    store: FhirClient | None = None,
 ) -> BatchReport:
     """Fetch, evaluate and write back one batch of patients, fetched the ``fetch`` way.
 
     With ``since`` (an instant), only patients with a resource of their record changed since
     then are fetched and evaluated. A subject a coordinator changes while this runs is
-    re-read and planned again once; if it changes again, the next run takes it.
+    re-read and planned again once; if it changes again, the next run takes it. ``store``
+    is where the list is written, when not the EHR (FHIR_WRITE_URL).
     """
     sent = ehr.requests
     report = BatchReport(patients=len(patients))
@@ -153,7 +155,8 @@ def screen_batch(
     report.unchanged = fetched.unchanged
     report.outside = fetched.outside
     if fetched.records:
-        _evaluate_and_write(ehr, setup, engine, fetched.records, study_ref, run, report)
+        writes = ehr if store is None else store
+        _evaluate_and_write(writes, setup, engine, fetched.records, study_ref, run, report)
     report.requests = ehr.requests - sent
     return report
 
@@ -166,9 +169,11 @@ def screen_files(
     study_ref: str,
     run: RunInfo,
     on_batch: Callable[[BatchReport], None] = lambda report: None,
+    store: FhirClient | None = None,
 ) -> None:
     """Evaluate and write back the patients of an export, a batch at a time (memory stays
-    flat), each batch reported to ``on_batch`` as it is done."""
+    flat), each batch reported to ``on_batch`` as it is done; written to ``store`` when
+    that is not the EHR."""
     issues: list[DataIssue] = list(found.issues)
     batches = file_batches(ehr, found.patients, found.files, PATIENTS_PER_BATCH, issues.append)
     for records in batches:
@@ -176,7 +181,9 @@ def screen_files(
         report = BatchReport(patients=len(records))
         report.failures += issues
         issues.clear()
-        _evaluate_and_write(ehr, setup, engine, records, study_ref, run, report)
+        _evaluate_and_write(
+            ehr if store is None else store, setup, engine, records, study_ref, run, report
+        )
         report.requests = ehr.requests - sent
         on_batch(report)
     if issues:
@@ -184,7 +191,7 @@ def screen_files(
 
 
 def _evaluate_and_write(
-    client: FhirClient,
+    store: FhirClient,
     setup: StudySetup,
     engine: CqlEvaluator,
     records: Sequence[PatientRecord],
@@ -200,24 +207,12 @@ def _evaluate_and_write(
     report.failures.extend(result.failures)
     report.unused += len(result.issues)
     report.skipped += len(result.skipped)
-    existing = our_subjects([r for record in records for r in record.resources], study)
+    if run.ehr_base:  # a store of its own: the records fetched hold none of its subjects
+        existing = subjects_of(store, study, [r.patient for r in records], run)
+    else:
+        existing = our_subjects([r for record in records for r in record.resources], study)
     evaluations = {e.patient: e for e in result.evaluations}
-    report.written.add(write_evaluations(client, study, study_ref, run, evaluations, existing))
-
-
-def read_subjects(
-    client: FhirClient, study: Study, study_ref: str, tag: str = ""
-) -> Iterator[Json]:
-    """Every subject fhir-match wrote for the study (with a run tag: written by tagged
-    runs only, so a test population's run never touches another's), page by page."""
-    search = Search("ResearchSubject").where("study", study_ref).count(SUBJECT_PAGE_SIZE)
-    if tag:
-        search = search.where("_tag", tag_token(tag))
-    for page in client.pages(search):
-        for entry in page.get("entry") or []:
-            resource = entry.get("resource") or {}
-            if resource.get("resourceType") == "ResearchSubject" and is_ours(resource, study):
-                yield resource
+    report.written.add(write_evaluations(store, study, study_ref, run, evaluations, existing))
 
 
 @dataclass
@@ -261,7 +256,7 @@ def finish_run(
     """
     report = FinishReport()
     subjects = {
-        str(s["individual"]["reference"]): s
+        patient_of(s, run.ehr_base): s
         for s in read_subjects(client, setup.study, study_ref, run.tag)
     }
     if cohort is not None:
@@ -273,7 +268,7 @@ def finish_run(
         report.left_cohort = write_evaluations(client, setup.study, study_ref, run, gone, subjects)
         if gone:
             subjects = {
-                str(s["individual"]["reference"]): s
+                patient_of(s, run.ehr_base): s
                 for s in read_subjects(client, setup.study, study_ref, run.tag)
             }
     members = sorted(

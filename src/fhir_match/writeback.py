@@ -321,8 +321,8 @@ class RunInfo:
 
 def ehr_reference(reference: str, ehr_base: str) -> str:
     """How a store refers to an EHR resource (``Patient/1``): relative on one server, else
-    ``<EHR base>/Patient/1``. Already absolute (or contained, or a urn) stays as it is."""
-    if not ehr_base or "://" in reference or reference.startswith(("#", "urn:")):
+    ``<EHR base>/Patient/1``. Already absolute (or contained, or a urn, or none) stays as it is."""
+    if not reference or not ehr_base or "://" in reference or reference.startswith(("#", "urn:")):
         return reference
     return f"{ehr_base.rstrip('/')}/{reference}"
 

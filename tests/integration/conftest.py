@@ -7,6 +7,7 @@ start. Everything a test creates on the FHIR server carries a run tag and is del
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,13 +15,13 @@ from dataclasses import dataclass, field
 import pytest
 import redis
 
-from fhir_match.config import Settings
+from fhir_match.config import FhirSettings, Settings
 from fhir_match.errors import FhirError
 from fhir_match.fhir import FhirClient, Search
 from fhir_match.seed import TAG_SYSTEM
 from worker.process import WorkerNotReady, WorkerProcess, start_worker
 
-from ..conftest import VAR_LOG
+from ..conftest import ROOT, VAR_LOG
 
 READY_TIMEOUT_S = 60
 KEYCLOAK_URL = os.environ.get("KEYCLOAK_URL") or (
@@ -96,3 +97,24 @@ def celery_worker(redis_client: redis.Redis) -> Iterator[WorkerProcess]:
             yield worker
         finally:
             worker.stop(timeout_s=30)
+
+
+@pytest.fixture(scope="session")
+def write_store() -> Iterator[FhirClient]:
+    """A second HAPI FHIR server of the tests' own, as a hospital's write store: the stack's
+    launcher on a free port, accepting references to the EHR's resources, its database in a
+    folder under var/ that goes with it. Started once (40-75 s) and stopped at the end; the
+    shared server is never touched."""
+    from .test_restart import OwnHapi, _free_port
+
+    port = _free_port()
+    data = ROOT / "var" / f"test-write-store-{port}"
+    data.mkdir(parents=True)
+    server = OwnHapi(port, data, env={"FHIR_ALLOW_EXTERNAL_REFERENCES": "true"})
+    try:
+        server.start()
+        with FhirClient(FhirSettings(base_url=server.base_url)) as client:
+            yield client
+    finally:
+        server.stop()
+        shutil.rmtree(data, ignore_errors=True)

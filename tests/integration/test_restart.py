@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -61,6 +61,8 @@ class OwnHapi:
     port: int
     data: Path
     process: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    """Settings of the launcher's own (FHIR_ALLOW_EXTERNAL_REFERENCES for a write store)."""
 
     @property
     def base_url(self) -> str:
@@ -74,7 +76,12 @@ class OwnHapi:
         with (self.data / "hapi.log").open("ab") as log:
             self.process = subprocess.Popen(
                 ["java", *JAVA_OPTIONS, "-jar", str(HAPI_JAR)],
-                env={**os.environ, "FHIR_PORT": str(self.port), "FHIR_DATA_DIR": str(self.data)},
+                env={
+                    **os.environ,
+                    **self.env,
+                    "FHIR_PORT": str(self.port),
+                    "FHIR_DATA_DIR": str(self.data),
+                },
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -165,7 +165,7 @@ def test_backend_scopes_split_reading_from_writing_when_the_store_is_separate(
     assert two.store.backend is not None
     assert two.fhir.backend.scope == DEFAULT_READ_SCOPE
     assert all(s.endswith(".rs") for s in DEFAULT_READ_SCOPE.split())
-    assert "ResearchSubject" not in DEFAULT_READ_SCOPE
+    assert "system/ResearchSubject.rs" in DEFAULT_READ_SCOPE.split()
     assert two.store.backend.scope == DEFAULT_WRITE_SCOPE
     assert "system/ResearchSubject.crus" in DEFAULT_WRITE_SCOPE
 
@@ -207,6 +207,7 @@ def test_references_read_back_from_the_store_are_the_ehrs_own() -> None:
     assert ehr_reference("Condition/c1", EHR + "/") == f"{EHR}/Condition/c1"
     assert ehr_reference(f"{EHR}/Condition/c1", EHR) == f"{EHR}/Condition/c1"
     assert ehr_reference("urn:uuid:1", EHR) == "urn:uuid:1"
+    assert ehr_reference("", EHR) == ""  # a local user has no fhirUser to cite
     assert ehr_local(f"{EHR}/Condition/c1", EHR) == "Condition/c1"
     assert ehr_local("https://elsewhere.example/fhir/Condition/c1", EHR).startswith("https://")
     assert ehr_local("Condition/c1", "") == "Condition/c1"

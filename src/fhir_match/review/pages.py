@@ -50,6 +50,7 @@ from fhir_match.review.smart import User
 from fhir_match.writeback import (
     criteria_of,
     ehr_local,
+    ehr_reference,
     find_study,
     funnel_of,
     last_complete,
@@ -315,7 +316,7 @@ class Pages:
                     subject,
                     fields.get("decision", ""),
                     fields.get("reason", ""),
-                    Coordinator(user.fhir_user, user.name),
+                    Coordinator(ehr_reference(user.fhir_user, self.settings.ehr_base), user.name),
                     datetime.now(UTC).isoformat(timespec="seconds"),
                     self.settings.tag,
                 )
