@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from fhir_match.candidates import Candidate, current_candidates
 from fhir_match.cohort import find_cohort
@@ -42,10 +43,11 @@ from fhir_match.runtime import study_setup
 from fhir_match.screen import criterion_json, study_engine
 from fhir_match.sources import Fetch
 from fhir_match.tagging import tag_token
-from fhir_match.writeback import SUBJECT_SYSTEM, RunInfo, WriteSummary
+from fhir_match.writeback import RUN_SYSTEM, STUDY_SYSTEM, SUBJECT_SYSTEM, RunInfo, WriteSummary
+from worker.process import start_worker
 
-from ..conftest import ROOT
-from .populations import AS_OF, STUDY, Population, loaded_population
+from ..conftest import ROOT, VAR_LOG
+from .populations import AS_OF, STUDY, Population, loaded_population, run_discovery
 from .test_review import start_app
 
 WRITTEN = ("ResearchStudy", "ResearchSubject", "Provenance", "Group")
@@ -56,13 +58,6 @@ def population(fhir: FhirClient, tmp_path_factory: pytest.TempPathFactory) -> It
     folder = tmp_path_factory.mktemp("write-store-population")
     with loaded_population(fhir, folder, 40, 29, 0.6, "writestore") as population:
         yield population
-
-
-@pytest.fixture(scope="module")
-def ehr_before(fhir: FhirClient, population: Population) -> dict[str, int]:
-    """The research resources the population itself brought into the EHR (trials its
-    patients are in): what the EHR holds of those types before any run, and after."""
-    return {t: tagged(fhir, t, population.tag) for t in WRITTEN}
 
 
 @pytest.fixture(scope="module")
@@ -116,12 +111,32 @@ def tagged(client: FhirClient, resource_type: str, tag: str) -> int:
     return client.total(Search(resource_type).where("_tag", tag_token(tag)))
 
 
+def ours(client: FhirClient, tag: str) -> dict[str, int]:
+    """What fhir-match wrote for a tagged population's runs, by type: the population's own
+    research resources (trials its patients are in) do not count."""
+    token = tag_token(tag)
+    return {
+        "ResearchStudy": client.total(
+            Search("ResearchStudy").where("identifier", f"{STUDY_SYSTEM}|{STUDY}:{tag}")
+        ),
+        "ResearchSubject": client.total(
+            Search("ResearchSubject").where("identifier", f"{SUBJECT_SYSTEM}|").where("_tag", token)
+        ),
+        "Provenance": tagged(client, "Provenance", tag),
+        "Group": client.total(
+            Search("Group").where("identifier", f"{RUN_SYSTEM}|").where("_tag", token)
+        ),
+    }
+
+
+NOTHING = dict.fromkeys(WRITTEN, 0)
+
+
 def test_the_list_goes_to_the_store_citing_the_ehr_and_nothing_to_the_ehr(
     fhir: FhirClient,
     write_store: FhirClient,
     two_servers: Settings,
     population: Population,
-    ehr_before: dict[str, int],
 ) -> None:
     ehr = fhir.base_url.rstrip("/")
     assert two_servers.ehr_base.rstrip("/") == ehr
@@ -172,10 +187,9 @@ def test_the_list_goes_to_the_store_citing_the_ehr_and_nothing_to_the_ehr(
     members = [m["entity"]["reference"] for m in to_json(group)["member"]]
     assert len(members) == len(population.listed)
     assert all(m.startswith(f"{ehr}/Patient/") for m in members)
-    # and nothing of fhir-match's in the EHR: no subject of ours, nothing added
-    ours = Search("ResearchSubject").where("identifier", f"{SUBJECT_SYSTEM}|")
-    assert fhir.total(ours.where("_tag", tag_token(population.tag))) == 0
-    assert {t: tagged(fhir, t, population.tag) for t in WRITTEN} == ehr_before
+    # and nothing of fhir-match's in the EHR (where the store has each kind)
+    assert all(ours(write_store, population.tag).values())
+    assert ours(fhir, population.tag) == NOTHING
 
 
 def test_a_second_run_writes_nothing_new(
@@ -183,7 +197,6 @@ def test_a_second_run_writes_nothing_new(
     write_store: FhirClient,
     two_servers: Settings,
     population: Population,
-    ehr_before: dict[str, int],
 ) -> None:
     before = {t: tagged(write_store, t, population.tag) for t in WRITTEN}
 
@@ -193,7 +206,31 @@ def test_a_second_run_writes_nothing_new(
     assert (written.created, written.updated, finish.left_cohort.updated) == (0, 0, 0)
     after = {t: tagged(write_store, t, population.tag) for t in WRITTEN}
     assert after == {**before, "Group": before["Group"] + 1}  # one Group per run, no more
-    assert {t: tagged(fhir, t, population.tag) for t in WRITTEN} == ehr_before
+    assert ours(fhir, population.tag) == NOTHING
+
+
+def test_a_run_through_the_worker_writes_to_the_store_too(
+    fhir: FhirClient,
+    write_store: FhirClient,
+    redis_client: redis.Redis,
+    population: Population,
+) -> None:
+    VAR_LOG.mkdir(parents=True, exist_ok=True)
+    with (VAR_LOG / "test-write-store-worker.log").open("ab") as log:
+        worker = start_worker(
+            "test-write-store", env={"FHIR_WRITE_URL": write_store.base_url}, stderr=log
+        )
+    try:
+        run = run_discovery(redis_client, worker, population)
+    finally:
+        worker.stop(timeout_s=30)
+
+    assert run.state == "done", run
+    assert (run.batches.created, run.batches.updated) == (0, 0)  # the store had it all
+    assert run.result["listed"] == len(population.listed)
+    (group,) = write_store.search(Search("Group").where("identifier", f"{RUN_SYSTEM}|{run.id}"))
+    assert len(to_json(group)["member"]) == len(population.listed)
+    assert ours(fhir, population.tag) == NOTHING
 
 
 def test_candidates_prints_the_stores_list_with_the_ehrs_references(
@@ -225,7 +262,6 @@ def test_the_review_app_shows_the_ehrs_evidence_and_decides_in_the_store(
     write_store: FhirClient,
     population: Population,
     tmp_path: Path,
-    ehr_before: dict[str, int],
 ) -> None:
     patient = sorted(p for p, o in population.listed.items() if o == "candidate")[0]
     patient_id = patient.split("/")[1]
@@ -265,7 +301,7 @@ def test_the_review_app_shows_the_ehrs_evidence_and_decides_in_the_store(
         Search("Provenance").where("target", f"ResearchSubject/{subject.id}")
     )
     assert len(list(decisions)) == 2  # discovery's, and the coordinator's
-    assert {t: tagged(fhir, t, population.tag) for t in WRITTEN} == ehr_before
+    assert ours(fhir, population.tag) == NOTHING
 
 
 def test_one_server_lists_the_same_per_criterion(
