@@ -174,9 +174,8 @@ def screen_files(
     """Evaluate and write back the patients of an export, a batch at a time (memory stays
     flat), each batch reported to ``on_batch`` as it is done; written to ``store`` when
     that is not the EHR."""
-    issues: list[DataIssue] = list(found.issues)
-    batches = file_batches(ehr, found.patients, found.files, PATIENTS_PER_BATCH, issues.append)
-    for records in batches:
+    issues = found.issues  # the export's reading adds to it as it goes
+    for records in file_batches(found, PATIENTS_PER_BATCH):
         sent = ehr.requests
         report = BatchReport(patients=len(records))
         report.failures += issues

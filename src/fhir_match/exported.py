@@ -24,13 +24,13 @@ from pathlib import Path
 
 from fhir_match.cohort import MEDICATION_USES
 from fhir_match.evaluate.study import Study
-from fhir_match.files import OnIssue, localise_references, read_located
+from fhir_match.files import OnIssue, localise_references, map_references, read_located
 from fhir_match.grouping import IDENTIFIER_OWNER, group_located, identifier_keys, owner_key
 from fhir_match.normalise import drug_concept, medication_concept
 from fhir_match.records import DataIssue, Json, PatientRecord
 from fhir_match.terminology import DRUG_NAME, Terminology, canonical_system
 
-__all__ = ["CohortRule", "ExportedCohort", "file_type"]
+__all__ = ["CohortRule", "ExportedCohort", "file_type", "patients_in", "referenced"]
 
 _TYPE_NAMED = re.compile(r"([A-Z][A-Za-z]+)(?:[-_.]\d+)*\.(?:ndjson|jsonl)(?:\.gz)?")
 """A Bulk Data file named by its one resource type: Condition.ndjson, Condition-2.ndjson."""
@@ -263,3 +263,40 @@ class ExportedCohort:
                 yield record
             else:
                 self.outside += 1
+
+
+def patients_in(paths: Sequence[Path], on_issue: OnIssue) -> set[str]:
+    """``Patient/<id>`` of every patient a resource in ``paths`` belongs to: whose record an
+    incremental export (``_since``) says has changed."""
+    patients: set[str] = set()
+
+    def keep(resource: Json) -> bool:
+        owner = _owner_of(resource)
+        if owner and owner.startswith("Patient/"):
+            patients.add(owner)
+        return False
+
+    for _ in read_located(paths, on_issue, keep):
+        pass
+    return patients
+
+
+def referenced(paths: Sequence[Path], kinds: Iterable[str]) -> set[str]:
+    """Every ``<kind>/<id>`` reference of one of ``kinds`` in the resources of ``paths`` (the
+    Medications the uses name), as the records will resolve them. Bad lines are reported
+    when the records are read, not here."""
+    found: set[str] = set()
+    prefixes = tuple(f"{kind}/" for kind in kinds)
+
+    def note(reference: str) -> str:
+        if reference.startswith(prefixes) and reference.count("/") == 1:
+            found.add(reference)
+        return reference
+
+    def keep(resource: Json) -> bool:
+        map_references([localise_references(resource, {})], note)
+        return False
+
+    for _ in read_located(paths, _discard, keep):
+        pass
+    return found

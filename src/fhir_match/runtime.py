@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from fhir_match.cohort import cohort_searches
 from fhir_match.evaluate.engine import retrieved_types, translate_cql
 from fhir_match.evaluate.study import Study, load_study
+from fhir_match.exported import CohortRule
 from fhir_match.fetch import RecordSearch, record_searches
 from fhir_match.fhir import Search
 from fhir_match.normalise import Normaliser
@@ -24,6 +25,9 @@ class StudySetup:
     study: Study
     normaliser: Normaliser
     cohort: tuple[Search, ...]
+    """The searches that find the cohort on a server."""
+    cohort_rule: CohortRule
+    """The same rule applied to records read: an export's, or one patient's."""
     records: tuple[RecordSearch, ...]
 
 
@@ -36,5 +40,6 @@ def study_setup(study_id: str) -> StudySetup:
         study=study,
         normaliser=normaliser,
         cohort=cohort_searches(study, normaliser.terminology),
+        cohort_rule=CohortRule.of(study, normaliser.terminology),
         records=record_searches(retrieved_types(study.library, study.library_version)),
     )

@@ -18,20 +18,23 @@ them with normalise, evaluate and write back (discovery.py); nothing else knows 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import islice
 from pathlib import Path
+from typing import cast
 
-from fhir_match.cohort import find_cohort
+import orjson
+
+from fhir_match.cohort import MEDICATION_USES, find_cohort
 from fhir_match.config import CohortSetting
-from fhir_match.errors import ConfigError
-from fhir_match.fetch import PAGE_SIZE, changed_patients, fetch_records, patient_chunks
-from fhir_match.fhir import FhirClient, Search
+from fhir_match.errors import ConfigError, FatalFhirError
+from fhir_match.exported import ExportedCohort, file_type, patients_in, referenced
+from fhir_match.fetch import changed_patients, fetch_records
+from fhir_match.fhir import SEARCHES_IN_FLIGHT, FhirClient
 from fhir_match.fhir.bulk import export
-from fhir_match.files import map_references, read_resources
-from fhir_match.grouping import group_by_patient
 from fhir_match.records import DataIssue, Json, PatientRecord
 from fhir_match.runtime import StudySetup
 from fhir_match.server import ServerAllows
@@ -51,6 +54,7 @@ __all__ = [
     "fetch_batch",
     "file_batches",
     "find",
+    "read_shared",
 ]
 
 
@@ -142,6 +146,8 @@ BULK_MAX_POLL_S = 10.0
 this; HAPI FHIR always asks for 120 s, whatever the job's progress."""
 _SHARED = ("Medication", "ResearchStudy")
 """Resources a record refers to that are in no patient's compartment: not in an export."""
+_CITING = (None, "ResearchSubject", *MEDICATION_USES)
+"""Files whose resources cite them (None: a file not named by its type)."""
 
 
 @dataclass(frozen=True)
@@ -151,10 +157,11 @@ class Found:
     patients: list[str]
     """``Patient/<id>``, sorted: the run's batches."""
     fetch: Fetch
-    files: tuple[Path, ...] = ()
-    """The export's files, for :attr:`Fetch.FILES`."""
-    issues: tuple[DataIssue, ...] = ()
-    """What could not be read while finding (an export's error file, a bad registry line)."""
+    exported: ExportedCohort | None = None
+    """The export's cohort and its records, for :attr:`Fetch.FILES`."""
+    issues: list[DataIssue] = field(default_factory=list)
+    """What could not be read (an export's error file, a bad line in its files, a bad
+    registry line): an export's records add theirs here as they are read."""
 
 
 def find(
@@ -172,17 +179,80 @@ def find(
     server). ``since`` (an instant) makes an incremental run: only patients whose record
     changed since then are fetched again (searches filter per batch).
     """
+    types = [s.resource_type for s in setup.records if s.resource_type not in _SHARED]
+    issues: list[DataIssue] = []
     if isinstance(source, Searches):
         cohort = find_cohort(ehr, setup.cohort, tag)
         if not source.bulk or not cohort:
             return Found(cohort, Fetch.SEARCH)
-        types = [s.resource_type for s in setup.records]
         exported = export(
             ehr, folder, types=types, patients=cohort, max_poll_interval_s=BULK_MAX_POLL_S
         )
-        issues = tuple(DataIssue("bulk export", error) for error in exported.errors)
-        return Found(cohort, Fetch.FILES, tuple(exported.files), issues)
-    raise NotImplementedError(source.name)
+    elif isinstance(source, GroupExport):
+        exported = export(
+            ehr,
+            folder,
+            types=types,
+            group=source.group,
+            since=since,
+            max_poll_interval_s=BULK_MAX_POLL_S,
+        )
+    else:
+        raise NotImplementedError(source.name)
+    issues += [DataIssue("bulk export", error) for error in exported.errors]
+    if since is not None:
+        # changed resources only, not whole records: those patients are fetched one by one
+        changed = patients_in(exported.files, issues.append)
+        return Found(sorted(changed), Fetch.PATIENT, issues=issues)
+    files = [*exported.files, *_shared_files(ehr, exported.files, folder, issues.append)]
+    cohort_of = ExportedCohort(files, setup.cohort_rule, issues.append, folder)
+    return Found(sorted(cohort_of.cohort), Fetch.FILES, cohort_of, issues)
+
+
+def _shared_files(
+    ehr: FhirClient, files: Sequence[Path], folder: Path, on_issue: Callable[[DataIssue], None]
+) -> list[Path]:
+    """The Medications and ResearchStudies an export's records refer to, read by id into
+    ``folder``: an export holds only the patients' compartments, and the cohort rule and the
+    records need the drugs their uses name by reference."""
+    citing = [path for path in files if file_type(path) in _CITING]
+    found = read_shared(ehr, referenced(citing, _SHARED), on_issue)
+    if not found:
+        return []
+    path = folder / "shared.ndjson"
+    path.write_bytes(b"".join(orjson.dumps(resource) + b"\n" for resource in found.values()))
+    return [path]
+
+
+def _named(resource: Json) -> str:
+    return f"{resource.get('resourceType')}/{resource.get('id')}"
+
+
+def read_shared(
+    ehr: FhirClient, references: Iterable[str], on_issue: Callable[[DataIssue], None]
+) -> dict[str, Json]:
+    """Shared resources (``Medication/<id>``) read one by one, as every EHR allows (several
+    ``_id`` values in one search, or ``_include``, many do not); one that is gone is reported."""
+
+    def read(reference: str) -> Json | None:
+        try:
+            answer = ehr.request("GET", f"{ehr.base_url}/{reference}").json()
+        except FatalFhirError as exc:
+            if exc.status not in (404, 410):
+                raise
+            on_issue(DataIssue(reference, "not found on the FHIR server"))
+            return None
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict) or _named(answer) != reference:
+            on_issue(DataIssue(reference, "the server did not answer the resource asked for"))
+            return None
+        return cast(Json, answer)
+
+    wanted = sorted(set(references))
+    with ThreadPoolExecutor(SEARCHES_IN_FLIGHT) as pool:
+        answers = list(pool.map(read, wanted))
+    return {reference: answer for reference, answer in zip(wanted, answers, strict=True) if answer}
 
 
 @dataclass
@@ -222,55 +292,8 @@ def fetch_batch(
     raise ValueError(f"a batch cannot be fetched the {fetch} way")
 
 
-def file_batches(
-    ehr: FhirClient,
-    patients: Sequence[str],
-    files: Sequence[Path],
-    size: int,
-    on_issue: Callable[[DataIssue], None],
-) -> Iterator[list[PatientRecord]]:
-    """The records of ``patients`` from an export's ``files``, ``size`` patients at a time,
-    with the Medications and ResearchStudies they refer to read from the server by id."""
-    wanted = set(patients)
-    resources = read_resources(files, on_issue)
-    records = (r for r in group_by_patient(resources) if r.patient in wanted)
+def file_batches(found: Found, size: int) -> Iterator[list[PatientRecord]]:
+    """The records of an export's cohort, ``size`` patients at a time."""
+    records = found.exported.records() if found.exported else iter(())
     while batch := list(islice(records, size)):
-        yield _with_shared(ehr, batch)
-
-
-def _references_in(resources: Sequence[Json]) -> set[str]:
-    found: set[str] = set()
-
-    def note(reference: str) -> str:
-        found.add(reference)
-        return reference
-
-    map_references(list(resources), note)
-    return found
-
-
-def _with_shared(client: FhirClient, records: Sequence[PatientRecord]) -> list[PatientRecord]:
-    """The records with the Medications and ResearchStudies they refer to, read by id."""
-    wanted = {
-        reference
-        for record in records
-        for reference in _references_in(record.resources)
-        if reference.partition("/")[0] in _SHARED and reference.count("/") == 1
-    }
-    found: dict[str, Json] = {}
-    for kind in _SHARED:
-        ids = sorted(r.partition("/")[2] for r in wanted if r.startswith(f"{kind}/"))
-        for chunk in patient_chunks(ids):
-            search = Search(kind).where("_id", *chunk).count(PAGE_SIZE)
-            for page in client.pages(search):
-                for entry in page.get("entry") or []:
-                    resource = entry.get("resource") or {}
-                    found[f"{kind}/{resource.get('id')}"] = resource
-    return [
-        PatientRecord(
-            record.patient,
-            record.resources
-            + tuple(found[r] for r in sorted(_references_in(record.resources)) if r in found),
-        )
-        for record in records
-    ]
+        yield batch

@@ -37,7 +37,13 @@ def _use(kind: str = "MedicationRequest", **drug: object) -> Json:
 
 
 def test_public_names() -> None:
-    assert sorted(exported.__all__) == ["CohortRule", "ExportedCohort", "file_type"]
+    assert sorted(exported.__all__) == [
+        "CohortRule",
+        "ExportedCohort",
+        "file_type",
+        "patients_in",
+        "referenced",
+    ]
 
 
 @pytest.mark.parametrize(
