@@ -1,0 +1,117 @@
+"""The patient-list source on the real HAPI server: a seeded population's Group as the
+registry, the cohort decided locally, records read one patient per request; the same
+cohort and the same records as the search path (cohort.py and fetch.py)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fhir_match.config import Settings
+from fhir_match.discovery import find_patients, study_setup
+from fhir_match.errors import FatalFhirError
+from fhir_match.fetch import fetch_records
+from fhir_match.fhir import FhirClient
+from fhir_match.patient_list import CohortRule, fetch_cohort, registry
+from fhir_match.records import DataIssue, PatientRecord
+from fhir_match.seed import TAG_SYSTEM, remove_tagged, seed
+from fhir_match.synth.generate import generate
+
+from .populations import STUDY, Population, loaded_population
+
+PATIENT_PARAMS = frozenset({"patient", "subject", "individual"})
+
+
+class RecordingTransport(httpx.HTTPTransport):
+    """The real HTTP transport, noting every request it sends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[httpx.Request] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return super().handle_request(request)
+
+
+def broken_rule(request: httpx.Request, base_path: str) -> str:
+    """What a patient-scoped EHR API would refuse in ``request``, or "": reads by id and
+    the server's own page links pass; a search must name one patient by one parameter and
+    nothing else but ``_count``."""
+    path = request.url.path.removeprefix(base_path).strip("/")
+    params = request.url.params.multi_items()
+    if "/" in path or (not path and "_getpages" in dict(params)):
+        return ""
+    names = [name for name, _ in params]
+    patients = [value for name, value in params if name in PATIENT_PARAMS]
+    if len(patients) != 1 or "," in patients[0]:
+        return f"{path}: not one patient"
+    others = set(names) - PATIENT_PARAMS - {"_count"}
+    return f"{path}: {sorted(others)}" if others else ""
+
+
+@pytest.fixture(scope="module")
+def population(fhir: FhirClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Population]:
+    folder = tmp_path_factory.mktemp("population")
+    with loaded_population(fhir, folder, 60, 1515, 0.6, "patientlist", group=True) as population:
+        yield population
+
+
+def record_ids(records: list[PatientRecord]) -> dict[str, list[str]]:
+    return {
+        r.patient: sorted(f"{x['resourceType']}/{x['id']}" for x in r.resources) for r in records
+    }
+
+
+def test_a_seeded_group_finds_the_search_paths_cohort_and_records_one_patient_at_a_time(
+    settings: Settings, fhir: FhirClient, population: Population
+) -> None:
+    setup = study_setup(STUDY)
+    searched = find_patients(fhir, setup, population.tag)
+    issues: list[DataIssue] = []
+    expected = record_ids(fetch_records(fhir, setup.records, searched, issues.append))
+    assert not issues
+
+    transport = RecordingTransport()
+    with FhirClient(settings.fhir, transport=transport) as client:
+        found = registry(client, f"Group/{population.group}")
+        batch = fetch_cohort(client, setup.records, CohortRule.of(setup.cohort), found.patients)
+
+    assert found.patients == tuple(sorted(population.expected))
+    assert not found.issues
+    assert [r.patient for r in batch.records] == searched
+    assert record_ids(list(batch.records)) == expected
+    assert not batch.issues
+    assert batch.outside == len(found.patients) - len(searched)
+    base_path = httpx.URL(client.base_url).path
+    assert [broken_rule(r, base_path) for r in transport.requests] == [""] * len(transport.requests)
+    # four deciding types for each of the 60, then six more per cohort patient, Medications
+    # read once each: the record part costs a fixed count per cohort patient
+    assert batch.cohort_requests >= 4 * len(found.patients)
+    assert batch.record_requests >= 6 * len(searched)
+    assert len(transport.requests) == 1 + batch.cohort_requests + batch.record_requests
+
+
+def test_seeding_with_a_group_writes_it_and_removing_the_tag_removes_it(
+    fhir: FhirClient, tmp_path: Path
+) -> None:
+    generate(4, 1516, tmp_path, "ndjson")
+    tag = f"test-seedgroup-{uuid.uuid4().hex[:8]}"
+    try:
+        loaded = seed(fhir, [tmp_path / "fhir"], tag, tmp_path / "seed.done", group=tag)
+        assert not loaded.failed
+        group = fhir.read_json("Group", tag)
+        members = [m["entity"]["reference"] for m in group["member"]]
+        assert len(members) == 4
+        assert all(member.startswith("Patient/") for member in members)
+        assert {"system": TAG_SYSTEM, "code": tag} in group["meta"]["tag"]
+        assert registry(fhir, f"Group/{tag}").patients == tuple(sorted(members))
+    finally:
+        remove_tagged(fhir, tag)
+    with pytest.raises(FatalFhirError) as gone:
+        fhir.read_json("Group", tag)
+    assert gone.value.status in (404, 410)
