@@ -53,16 +53,14 @@ class Registry:
     issues: tuple[DataIssue, ...]
 
 
-def registry(client: FhirClient, source: str | Path) -> Registry:
+def registry(client: FhirClient, source: str) -> Registry:
     """The patients of ``source``: ``Group/<id>`` (its active members), ``List/<id>`` (its
-    entries not marked deleted), or a file of patient ids (a Path)."""
+    entries not marked deleted), or else the path of a file of patient ids."""
     issues: list[DataIssue] = []
-    if isinstance(source, Path):
-        found = _file_patients(source, issues.append)
+    match = _REGISTRY_RESOURCE.fullmatch(source)
+    if match is None:
+        found = _file_patients(Path(source), issues.append)
     else:
-        match = _REGISTRY_RESOURCE.fullmatch(source)
-        if match is None:
-            raise ConfigError(f"a patient registry is Group/<id> or List/<id>, got {source!r}")
         kind, resource_id = match.groups()
         resource = client.read_json(kind, resource_id)
         members = _group_members if kind == "Group" else _list_items
@@ -118,7 +116,10 @@ def _file_patients(path: Path, on_issue: Callable[[DataIssue], None]) -> Iterato
         lines = path.read_bytes().splitlines()
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise ConfigError(f"patient list {path} cannot be read: {reason}") from None
+        raise ConfigError(
+            f"a patient registry is Group/<id>, List/<id> or a file of patient ids: "
+            f"{path} cannot be read ({reason})"
+        ) from None
     for number, raw in enumerate(lines, 1):
         try:
             text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
@@ -238,7 +239,7 @@ class PatientListBatch:
 
     records: tuple[PatientRecord, ...]
     """The cohort's records, in patient order, as fetch.fetch_records gives them."""
-    outside: int
+    outside: tuple[str, ...]
     """Patients read and found outside the cohort."""
     issues: tuple[DataIssue, ...]
     """Patients that could not be read (gone from the server, a request that failed)."""
@@ -342,7 +343,7 @@ def fetch_cohort(
     wanted = set(found)
     return PatientListBatch(
         records=tuple(record for record in records if record.patient in wanted),
-        outside=len(patients) - len(cohort) - sum(p not in cohort for p in reads.failed),
+        outside=tuple(p for p in patients if p not in cohort and p not in reads.failed),
         issues=tuple(reads.failed[p] for p in patients if p in reads.failed),
         cohort_requests=decided - sent,
         record_requests=client.requests - decided,

@@ -32,6 +32,7 @@ from fhir_match.fhir import FhirClient, Search
 from fhir_match.fhir.bulk import export
 from fhir_match.files import map_references, read_resources
 from fhir_match.grouping import group_by_patient
+from fhir_match.patient_list import CohortRule, fetch_cohort, registry
 from fhir_match.records import DataIssue, Json, PatientRecord
 from fhir_match.runtime import StudySetup
 from fhir_match.server import ServerAllows
@@ -182,6 +183,9 @@ def find(
         )
         issues = tuple(DataIssue("bulk export", error) for error in exported.errors)
         return Found(cohort, Fetch.FILES, tuple(exported.files), issues)
+    if isinstance(source, PatientList):
+        listed = registry(ehr, source.registry)
+        return Found(list(listed.patients), Fetch.PATIENT, issues=listed.issues)
     raise NotImplementedError(source.name)
 
 
@@ -219,6 +223,11 @@ def fetch_batch(
             patients = [p for p in patients if p in changed]
         records = fetch_records(ehr, setup.records, patients, on_issue) if patients else []
         return Fetched(records, unchanged=unchanged)
+    if fetch is Fetch.PATIENT:
+        batch = fetch_cohort(ehr, setup.records, CohortRule.of(setup.cohort), patients)
+        for issue in batch.issues:
+            on_issue(issue)
+        return Fetched(list(batch.records), outside=list(batch.outside))
     raise ValueError(f"a batch cannot be fetched the {fetch} way")
 
 

@@ -11,14 +11,16 @@ from pathlib import Path
 import httpx
 import pytest
 
+from fhir_match.cohort import find_cohort
 from fhir_match.config import Settings
-from fhir_match.discovery import find_patients, study_setup
 from fhir_match.errors import FatalFhirError
 from fhir_match.fetch import fetch_records
 from fhir_match.fhir import FhirClient
 from fhir_match.patient_list import CohortRule, fetch_cohort, registry
 from fhir_match.records import DataIssue, PatientRecord
+from fhir_match.runtime import study_setup
 from fhir_match.seed import TAG_SYSTEM, remove_tagged, seed
+from fhir_match.sources import Fetch, PatientList, fetch_batch, find
 from fhir_match.synth.generate import generate
 
 from .populations import STUDY, Population, loaded_population
@@ -71,7 +73,7 @@ def test_a_seeded_group_finds_the_search_paths_cohort_and_records_one_patient_at
     settings: Settings, fhir: FhirClient, population: Population
 ) -> None:
     setup = study_setup(STUDY)
-    searched = find_patients(fhir, setup, population.tag)
+    searched = find_cohort(fhir, setup.cohort, population.tag)
     issues: list[DataIssue] = []
     expected = record_ids(fetch_records(fhir, setup.records, searched, issues.append))
     assert not issues
@@ -86,7 +88,7 @@ def test_a_seeded_group_finds_the_search_paths_cohort_and_records_one_patient_at
     assert [r.patient for r in batch.records] == searched
     assert record_ids(list(batch.records)) == expected
     assert not batch.issues
-    assert batch.outside == len(found.patients) - len(searched)
+    assert len(batch.outside) == len(found.patients) - len(searched)
     base_path = httpx.URL(client.base_url).path
     assert [broken_rule(r, base_path) for r in transport.requests] == [""] * len(transport.requests)
     # four deciding types for each of the 60, then six more per cohort patient, Medications
@@ -94,6 +96,21 @@ def test_a_seeded_group_finds_the_search_paths_cohort_and_records_one_patient_at
     assert batch.cohort_requests >= 4 * len(found.patients)
     assert batch.record_requests >= 6 * len(searched)
     assert len(transport.requests) == 1 + batch.cohort_requests + batch.record_requests
+
+
+def test_discoverys_sources_find_and_fetch_the_patient_list_way(
+    fhir: FhirClient, population: Population, tmp_path: Path
+) -> None:
+    setup = study_setup(STUDY)
+    found = find(fhir, setup, PatientList(f"Group/{population.group}"), tmp_path)
+    assert found.fetch is Fetch.PATIENT
+    assert found.patients == sorted(population.expected)
+    issues: list[DataIssue] = []
+    fetched = fetch_batch(fhir, setup, Fetch.PATIENT, found.patients, issues.append)
+    cohort = find_cohort(fhir, setup.cohort, population.tag)
+    assert [r.patient for r in fetched.records] == cohort
+    assert sorted(fetched.outside) == sorted(set(found.patients) - set(cohort))
+    assert not issues
 
 
 def test_seeding_with_a_group_writes_it_and_removing_the_tag_removes_it(

@@ -156,7 +156,7 @@ def test_the_cohort_is_found_first_and_only_its_records_are_read(ehr: FakeEhr) -
         "Patient/drug",
     ]
     assert [str(i) for i in batch.issues] == ["Patient/gone: not found on the FHIR server"]
-    assert batch.outside == 1
+    assert batch.outside == ("Patient/other",)
     # 4 patients x 2 deciding types, and Medication/m1 read once for all who cite it
     assert batch.cohort_requests == 4 * 2 + 1
     # for the cohort's 3: the Patient reads, and the Observations (itp's five in 3 pages)
@@ -288,7 +288,7 @@ def test_a_file_of_ids_reports_bad_lines_by_place_never_content(tmp_path: Path) 
         b"John Smith 1970-01-01\n\xff\xfe\n  c  \n"
     )
     with _client(FakeEhr()) as client:
-        found = registry(client, path)
+        found = registry(client, str(path))
     assert found.patients == ("Patient/a", "Patient/b", "Patient/c")
     assert [str(i) for i in found.issues] == [
         f"{path}:6: not a patient id (Patient/<id> or <id>)",
@@ -297,11 +297,14 @@ def test_a_file_of_ids_reports_bad_lines_by_place_never_content(tmp_path: Path) 
 
 
 def test_a_registry_that_cannot_be_read_stops_with_its_name(tmp_path: Path) -> None:
-    with _client(FakeEhr()) as client:
-        with pytest.raises(ConfigError, match=r"missing\.txt cannot be read"):
-            registry(client, tmp_path / "missing.txt")
-        with pytest.raises(ConfigError, match="Group/<id> or List/<id>"):
-            registry(client, "Patient/a")
+    with (
+        _client(FakeEhr()) as client,
+        pytest.raises(
+            ConfigError,
+            match=r"Group/<id>, List/<id> or a file of patient ids: .*missing\.txt cannot be read",
+        ),
+    ):
+        registry(client, str(tmp_path / "missing.txt"))
 
 
 def test_public_names() -> None:
