@@ -1,14 +1,16 @@
-"""The patient-list source on the real HAPI server: a seeded population's Group as the
-registry, the cohort decided locally, records read one patient per request; the same
-cohort and the same records as the search path (cohort.py and fetch.py)."""
+"""The patient-list source on the real HAPI server behind the strict EHR proxy: a seeded
+population's Group as the registry, the cohort decided locally, records read one patient per
+request; the same cohort and the same records as the search path (cohort.py and fetch.py) on
+plain HAPI, with nothing refused, and an EHR's quota kept or its 429s honoured."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-import httpx
 import pytest
 
 from fhir_match.cohort import find_cohort
@@ -22,38 +24,18 @@ from fhir_match.runtime import study_setup
 from fhir_match.seed import TAG_SYSTEM, remove_tagged, seed
 from fhir_match.sources import Fetch, PatientList, fetch_batch, find
 from fhir_match.synth.generate import generate
+from tests.strict_ehr import StrictEhr
 
 from .populations import STUDY, Population, loaded_population
 
-PATIENT_PARAMS = frozenset({"patient", "subject", "individual"})
+SAMPLE = 8
+"""Registry patients the rate-limit tests read: enough requests to pass a quota of 10/s."""
 
 
-class RecordingTransport(httpx.HTTPTransport):
-    """The real HTTP transport, noting every request it sends."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.requests: list[httpx.Request] = []
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        return super().handle_request(request)
-
-
-def broken_rule(request: httpx.Request, base_path: str) -> str:
-    """What a patient-scoped EHR API would refuse in ``request``, or "": reads by id and
-    the server's own page links pass; a search must name one patient by one parameter and
-    nothing else but ``_count``."""
-    path = request.url.path.removeprefix(base_path).strip("/")
-    params = request.url.params.multi_items()
-    if "/" in path or (not path and "_getpages" in dict(params)):
-        return ""
-    names = [name for name, _ in params]
-    patients = [value for name, value in params if name in PATIENT_PARAMS]
-    if len(patients) != 1 or "," in patients[0]:
-        return f"{path}: not one patient"
-    others = set(names) - PATIENT_PARAMS - {"_count"}
-    return f"{path}: {sorted(others)}" if others else ""
+def through(settings: Settings, ehr: StrictEhr, **changes: Any) -> FhirClient:
+    """A client of the strict EHR, following its internal-host page links onto it."""
+    fhir = replace(settings.fhir, base_url=ehr.base_url, foreign_links="rewrite", **changes)
+    return FhirClient(fhir)
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +60,7 @@ def test_a_seeded_group_finds_the_search_paths_cohort_and_records_one_patient_at
     expected = record_ids(fetch_records(fhir, setup.records, searched, issues.append))
     assert not issues
 
-    transport = RecordingTransport()
-    with FhirClient(settings.fhir, transport=transport) as client:
+    with StrictEhr(settings.fhir.base_url) as ehr, through(settings, ehr) as client:
         found = registry(client, f"Group/{population.group}")
         batch = fetch_cohort(client, setup.records, CohortRule.of(setup.cohort), found.patients)
 
@@ -89,13 +70,29 @@ def test_a_seeded_group_finds_the_search_paths_cohort_and_records_one_patient_at
     assert record_ids(list(batch.records)) == expected
     assert not batch.issues
     assert len(batch.outside) == len(found.patients) - len(searched)
-    base_path = httpx.URL(client.base_url).path
-    assert [broken_rule(r, base_path) for r in transport.requests] == [""] * len(transport.requests)
+    assert ehr.refusals == 0
     # four deciding types for each of the 60, then six more per cohort patient, Medications
     # read once each: the record part costs a fixed count per cohort patient
     assert batch.cohort_requests >= 4 * len(found.patients)
     assert batch.record_requests >= 6 * len(searched)
-    assert len(transport.requests) == 1 + batch.cohort_requests + batch.record_requests
+    assert ehr.requests == 1 + batch.cohort_requests + batch.record_requests
+
+
+@pytest.mark.parametrize(("our_rate", "refused"), [(0.0, True), (5.0, False)])
+def test_a_quota_is_kept_by_fhir_max_rate_or_its_429s_honoured(
+    settings: Settings, fhir: FhirClient, population: Population, our_rate: float, refused: bool
+) -> None:
+    setup = study_setup(STUDY)
+    sample = sorted(population.expected)[:SAMPLE]
+    expected = fetch_cohort(fhir, setup.records, CohortRule.of(setup.cohort), sample)
+    with (
+        StrictEhr(settings.fhir.base_url, rate_per_s=10) as ehr,
+        through(settings, ehr, max_rate=our_rate) as client,
+    ):
+        batch = fetch_cohort(client, setup.records, CohortRule.of(setup.cohort), sample)
+    assert record_ids(list(batch.records)) == record_ids(list(expected.records))
+    assert not batch.issues
+    assert set(ehr.refused) == ({"rate-limit"} if refused else set())
 
 
 def test_discoverys_sources_find_and_fetch_the_patient_list_way(
