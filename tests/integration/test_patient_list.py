@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
+from fhir_match.candidates import current_candidates
 from fhir_match.cohort import find_cohort
 from fhir_match.config import Settings
 from fhir_match.errors import FatalFhirError
+from fhir_match.evaluate.study import load_study
 from fhir_match.fetch import fetch_records
 from fhir_match.fhir import FhirClient
 from fhir_match.patient_list import CohortRule, fetch_cohort, registry
@@ -25,8 +28,9 @@ from fhir_match.seed import TAG_SYSTEM, remove_tagged, seed
 from fhir_match.sources import Fetch, PatientList, fetch_batch, find
 from fhir_match.synth.generate import generate
 from tests.strict_ehr import StrictEhr
+from worker.process import WorkerProcess
 
-from .populations import STUDY, Population, loaded_population
+from .populations import STUDY, Population, loaded_population, run_discovery
 
 SAMPLE = 8
 """Registry patients the rate-limit tests read: enough requests to pass a quota of 10/s."""
@@ -129,3 +133,28 @@ def test_seeding_with_a_group_writes_it_and_removing_the_tag_removes_it(
     with pytest.raises(FatalFhirError) as gone:
         fhir.read_json("Group", tag)
     assert gone.value.status in (404, 410)
+
+
+def test_a_patient_list_run_lists_the_expected_candidates(
+    fhir: FhirClient,
+    redis_client: redis.Redis,
+    celery_worker: WorkerProcess,
+    population: Population,
+) -> None:
+    """The whole run through the worker, the patient-list way: the generator's intended list,
+    criterion by criterion (as the search way gives it, test_discovery.py). Last: it writes."""
+    registry_ref = f"Group/{population.group}"
+    cohort = {"source": "patient-list", "patient_list": registry_ref}
+    run = run_discovery(redis_client, celery_worker, population, cohort=cohort)
+
+    assert run.state == "done", run
+    assert run.batches.failures == ()
+    assert run.cohort == len(population.expected)
+    # the funnel starts at the cohort: the registry's patients outside it are not in it
+    assert run.batches.outside + run.batches.evaluated == run.cohort
+    assert run.batches.outside > 0
+    candidates, _ = current_candidates(fhir, load_study(STUDY), population.tag)
+    assert {c.patient: c.outcome for c in candidates} == population.listed
+    for candidate in candidates:
+        expected = population.expected[candidate.patient]["criteria"]
+        assert {c.id: c.result for c in candidate.criteria} == expected
