@@ -7,8 +7,9 @@ patient per search, and refuse ``_include``, ``_elements``, chained searches and
 ``patient=<id>``, every page followed; the Patient read by id; the Medications and studies
 the record cites read by id, once per batch. One request per patient and type is the cost of
 such an API, so the cohort comes first: only the types that define it (the study's
-``discovery`` section) are read for every registry patient, and the rest of the record only
-for the cohort.
+``discovery`` section: Conditions and medication uses) are read for every registry patient
+and judged by the same rule as an export's files (exported.CohortRule), and the rest of the
+record only for the cohort.
 
 A Group is read whole: FHIR R4 has no paging of ``Group.member``.
 """
@@ -16,13 +17,14 @@ A Group is read whole: FHIR R4 has no paging of ``Group.member``.
 from __future__ import annotations
 
 import re
-import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from fhir_match.cohort import MEDICATION_USES
 from fhir_match.errors import ConfigError, FhirError
+from fhir_match.exported import CohortRule
 from fhir_match.fetch import RecordSearch
 from fhir_match.fhir import FhirClient, Search
 from fhir_match.files import localise_references, map_references
@@ -30,7 +32,8 @@ from fhir_match.grouping import group_by_patient
 from fhir_match.records import DataIssue, Json, PatientRecord
 
 __all__ = [
-    "CohortRule",
+    "DECIDING_TYPES",
+    "SHARED_TYPES",
     "PatientListBatch",
     "Registry",
     "fetch_cohort",
@@ -42,6 +45,8 @@ _REGISTRY_RESOURCE = re.compile(r"(Group|List)/([A-Za-z0-9\-.]{1,64})")
 SHARED_TYPES = ("Medication", "ResearchStudy")
 """What a record cites that is in no patient's compartment: read by id, once per batch."""
 _GONE = (404, 410)
+DECIDING_TYPES = frozenset({"Condition", *MEDICATION_USES})
+"""The types whose resources put a patient in the cohort (exported.CohortRule)."""
 
 
 @dataclass(frozen=True)
@@ -136,100 +141,6 @@ def _file_patients(path: Path, on_issue: Callable[[DataIssue], None]) -> Iterato
             on_issue(DataIssue(f"{path}:{number}", "not a patient id (Patient/<id> or <id>)"))
 
 
-# -- the cohort, decided locally -----------------------------------------------------------
-
-_CODED_ELEMENT = {"Condition": "code"}
-"""The element a type's ``code`` search parameter reads; a medication use's is its drug."""
-
-
-def _normalised(text: str) -> str:
-    """Text as FHIR servers compare it for ``:text``: accents dropped, case folded."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
-
-
-@dataclass(frozen=True)
-class _Criterion:
-    resource_type: str
-    via_medication: bool
-    """The drug is in the Medication the use refers to (``medication.code``)."""
-    tokens: frozenset[str]
-    names: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class CohortRule:
-    """Whether a patient's resources put them in the cohort, decided here instead of by the
-    server: it reads the study's cohort searches (cohort.py), so both ways find the same
-    patients. Codes match ``system|code`` exactly; names match the start of a coding's
-    display or the concept's text, as the ``:text`` searches do."""
-
-    criteria: tuple[_Criterion, ...]
-
-    @classmethod
-    def of(cls, searches: Iterable[Search]) -> CohortRule:
-        criteria = []
-        for search in searches:
-            for name, value in search.params:
-                parameter, _, modifier = name.partition(":")
-                if parameter not in ("code", "medication.code"):
-                    continue
-                values = value.split(",")
-                criteria.append(
-                    _Criterion(
-                        search.resource_type,
-                        parameter == "medication.code",
-                        frozenset(values if not modifier else ()),
-                        tuple(map(_normalised, values)) if modifier == "text" else (),
-                    )
-                )
-        return cls(tuple(criteria))
-
-    @property
-    def resource_types(self) -> frozenset[str]:
-        """The types whose resources decide the cohort."""
-        return frozenset(c.resource_type for c in self.criteria)
-
-    def holds(self, resources: Sequence[Json], shared: dict[str, Json]) -> bool:
-        """Whether any of a patient's ``resources`` (their cited ``shared`` resources by
-        reference) matches a criterion."""
-        return any(
-            self._matches(criterion, concept)
-            for resource in resources
-            for criterion in self.criteria
-            if criterion.resource_type == resource.get("resourceType")
-            for concept in [_concept(resource, criterion.via_medication, shared)]
-            if concept is not None
-        )
-
-    @staticmethod
-    def _matches(criterion: _Criterion, concept: Json) -> bool:
-        codings = concept.get("coding")
-        codings = [c for c in codings if isinstance(c, dict)] if isinstance(codings, list) else []
-        if criterion.tokens and any(
-            f"{c.get('system')}|{c.get('code')}" in criterion.tokens for c in codings
-        ):
-            return True
-        texts = [concept.get("text"), *(c.get("display") for c in codings)]
-        return any(
-            _normalised(text).startswith(criterion.names)
-            for text in texts
-            if isinstance(text, str) and criterion.names
-        )
-
-
-def _concept(resource: Json, via_medication: bool, shared: dict[str, Json]) -> Json | None:
-    if via_medication:
-        cited = resource.get("medicationReference")
-        reference = cited.get("reference") if isinstance(cited, dict) else None
-        medication = shared.get(reference) if isinstance(reference, str) else None
-        concept = medication.get("code") if medication else None
-    else:
-        kind = str(resource.get("resourceType"))
-        concept = resource.get(_CODED_ELEMENT.get(kind, "medicationCodeableConcept"))
-    return concept if isinstance(concept, dict) else None
-
-
 # -- records, one patient per request ------------------------------------------------------
 
 
@@ -258,6 +169,7 @@ class _Reads:
         self.owned: dict[str, dict[str, Json]] = {}
         self.shared: dict[str, Json] = {}
         self.failed: dict[str, DataIssue] = {}
+        self._unreadable: set[str] = set()
 
     def patients(self, patients: Sequence[str], searches: Sequence[RecordSearch]) -> None:
         """Read ``searches`` for each of ``patients``, requests side by side."""
@@ -286,18 +198,24 @@ class _Reads:
             return DataIssue(patient, str(exc))
 
     def _read_shared(self) -> None:
-        cited = {
+        """Read what the records cite, and what that cites in turn (a Medication's
+        ingredients), each once."""
+        cited = self._cited(r for owned in self.owned.values() for r in owned.values())
+        while cited:
+            with ThreadPoolExecutor(self.client.max_concurrency) as pool:
+                read = dict(zip(cited, pool.map(self._shared, cited), strict=True))
+            self.shared.update((ref, resource) for ref, resource in read.items() if resource)
+            self._unreadable.update(ref for ref, resource in read.items() if not resource)
+            cited = self._cited(resource for resource in read.values() if resource)
+
+    def _cited(self, resources: Iterable[Json]) -> list[str]:
+        return sorted(
             reference
-            for owned in self.owned.values()
-            for reference in _references_in(owned.values())
-            if reference.partition("/")[0] in SHARED_TYPES and reference not in self.shared
-        }
-        with ThreadPoolExecutor(self.client.max_concurrency) as pool:
-            for reference, resource in zip(
-                sorted(cited), pool.map(self._shared, sorted(cited)), strict=True
-            ):
-                if resource is not None:
-                    self.shared[reference] = resource
+            for reference in _references_in(resources)
+            if reference.partition("/")[0] in SHARED_TYPES
+            and reference not in self.shared
+            and reference not in self._unreadable
+        )
 
     def _shared(self, reference: str) -> Json | None:
         """A cited resource by id; one that cannot be read is left out, and the record
@@ -324,17 +242,19 @@ def fetch_cohort(
     patients: Sequence[str],
 ) -> PatientListBatch:
     """The cohort among ``patients`` (``Patient/<id>``) and its records, one patient per
-    request: first the types ``rule`` decides by, for everyone; then the rest of the record
-    (``searches``), the Patient included, for the cohort only. A patient whose reads fail is
-    reported and left out; the others go on."""
+    request: first the types that decide the cohort, for everyone, judged by ``rule`` (the
+    same as for an export's files); then the rest of the record (``searches``), the Patient
+    included, for the cohort only. A patient whose reads fail is reported and left out; the
+    others go on."""
     reads = _Reads(client)
     sent = client.requests
-    deciding = [s for s in searches if s.resource_type in rule.resource_types]
+    deciding = [s for s in searches if s.resource_type in DECIDING_TYPES]
     reads.patients(patients, deciding)
+    medications = _counting_medications(rule, reads.shared)
     cohort = [
         p
         for p in patients
-        if p not in reads.failed and rule.holds(list(reads.owned.get(p, {}).values()), reads.shared)
+        if p not in reads.failed and _in_cohort(rule, reads.owned.get(p, {}), medications)
     ]
     decided = client.requests
     reads.patients(cohort, [s for s in searches if s not in deciding])
@@ -347,6 +267,22 @@ def fetch_cohort(
         issues=tuple(reads.failed[p] for p in patients if p in reads.failed),
         cohort_requests=decided - sent,
         record_requests=client.requests - decided,
+    )
+
+
+def _counting_medications(rule: CohortRule, shared: Mapping[str, Json]) -> dict[str, Json]:
+    """The Medications read that name one of the study's drugs, by reference."""
+    medications = {r: m for r, m in shared.items() if r.startswith("Medication/")}
+    return {r: m for r, m in medications.items() if rule.medication_counts(m, medications)}
+
+
+def _in_cohort(
+    rule: CohortRule, owned: Mapping[str, Json], medications: Mapping[str, Json]
+) -> bool:
+    return any(
+        (r["resourceType"] == "Condition" and rule.condition_counts(r))
+        or (r["resourceType"] in MEDICATION_USES and rule.use_counts(r, medications))
+        for r in owned.values()
     )
 
 

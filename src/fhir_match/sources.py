@@ -27,12 +27,13 @@ from pathlib import Path
 from fhir_match.cohort import find_cohort
 from fhir_match.config import CohortSetting
 from fhir_match.errors import ConfigError
+from fhir_match.exported import CohortRule
 from fhir_match.fetch import PAGE_SIZE, changed_patients, fetch_records, patient_chunks
 from fhir_match.fhir import FhirClient, Search
 from fhir_match.fhir.bulk import export
 from fhir_match.files import map_references, read_resources
 from fhir_match.grouping import group_by_patient
-from fhir_match.patient_list import CohortRule, fetch_cohort, registry
+from fhir_match.patient_list import fetch_cohort, registry
 from fhir_match.records import DataIssue, Json, PatientRecord
 from fhir_match.runtime import StudySetup
 from fhir_match.server import ServerAllows
@@ -224,7 +225,8 @@ def fetch_batch(
         records = fetch_records(ehr, setup.records, patients, on_issue) if patients else []
         return Fetched(records, unchanged=unchanged)
     if fetch is Fetch.PATIENT:
-        batch = fetch_cohort(ehr, setup.records, CohortRule.of(setup.cohort), patients)
+        rule = CohortRule.of(setup.study, setup.normaliser.terminology)
+        batch = fetch_cohort(ehr, setup.records, rule, patients)
         for issue in batch.issues:
             on_issue(issue)
         return Fetched(list(batch.records), outside=list(batch.outside))

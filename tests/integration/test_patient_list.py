@@ -19,9 +19,10 @@ from fhir_match.cohort import find_cohort
 from fhir_match.config import Settings
 from fhir_match.errors import FatalFhirError
 from fhir_match.evaluate.study import load_study
+from fhir_match.exported import CohortRule
 from fhir_match.fetch import fetch_records
 from fhir_match.fhir import FhirClient
-from fhir_match.patient_list import CohortRule, fetch_cohort, registry
+from fhir_match.patient_list import fetch_cohort, registry
 from fhir_match.records import DataIssue, PatientRecord
 from fhir_match.runtime import study_setup
 from fhir_match.seed import TAG_SYSTEM, remove_tagged, seed
@@ -66,7 +67,12 @@ def test_a_seeded_group_finds_the_search_paths_cohort_and_records_one_patient_at
 
     with StrictEhr(settings.fhir.base_url) as ehr, through(settings, ehr) as client:
         found = registry(client, f"Group/{population.group}")
-        batch = fetch_cohort(client, setup.records, CohortRule.of(setup.cohort), found.patients)
+        batch = fetch_cohort(
+            client,
+            setup.records,
+            CohortRule.of(setup.study, setup.normaliser.terminology),
+            found.patients,
+        )
 
     assert found.patients == tuple(sorted(population.expected))
     assert not found.issues
@@ -88,12 +94,16 @@ def test_a_quota_is_kept_by_fhir_max_rate_or_its_429s_honoured(
 ) -> None:
     setup = study_setup(STUDY)
     sample = sorted(population.expected)[:SAMPLE]
-    expected = fetch_cohort(fhir, setup.records, CohortRule.of(setup.cohort), sample)
+    expected = fetch_cohort(
+        fhir, setup.records, CohortRule.of(setup.study, setup.normaliser.terminology), sample
+    )
     with (
         StrictEhr(settings.fhir.base_url, rate_per_s=10) as ehr,
         through(settings, ehr, max_rate=our_rate) as client,
     ):
-        batch = fetch_cohort(client, setup.records, CohortRule.of(setup.cohort), sample)
+        batch = fetch_cohort(
+            client, setup.records, CohortRule.of(setup.study, setup.normaliser.terminology), sample
+        )
     assert record_ids(list(batch.records)) == record_ids(list(expected.records))
     assert not batch.issues
     assert set(ehr.refused) == ({"rate-limit"} if refused else set())

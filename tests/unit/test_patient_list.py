@@ -14,23 +14,22 @@ import pytest
 from fhir_match import patient_list
 from fhir_match.config import FhirSettings, load_settings
 from fhir_match.errors import ConfigError
+from fhir_match.evaluate.study import load_study
+from fhir_match.exported import CohortRule
 from fhir_match.fetch import record_searches
-from fhir_match.fhir import FhirClient, Search
+from fhir_match.fhir import FhirClient
 from fhir_match.fhir.client import process_rate_limit
 from fhir_match.fhir.transport import RateLimit
-from fhir_match.patient_list import CohortRule, fetch_cohort, registry
+from fhir_match.patient_list import fetch_cohort, registry
+from fhir_match.screen import load_normaliser
 
 BASE = "http://ehr.test/fhir"
 ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-RULE = CohortRule.of(
-    [
-        Search("Condition").where("code", f"{ICD10}|D69.3").where("_elements", "subject"),
-        Search("Condition").where("code:text", "Immune thrombocytop"),
-        Search("MedicationRequest").where("code", f"{RXNORM}|42"),
-        Search("MedicationRequest").where("medication.code", f"{RXNORM}|42"),
-    ]
-)
+ATC = "http://www.whocc.no/atc"
+ROMIPLOSTIM = "B02BX04"
+STUDY = load_study("kn5501")
+RULE = CohortRule.of(STUDY, load_normaliser(STUDY).terminology)
 SEARCHES = record_searches(["Condition", "Observation", "MedicationRequest"])
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -165,11 +164,18 @@ def test_the_cohort_is_found_first_and_only_its_records_are_read(ehr: FakeEhr) -
     assert not any("_include" in str(r.url) or "," in str(r.url) for r in ehr.requests)
 
 
-def test_a_drug_named_in_the_cited_medication_decides_the_cohort(ehr: FakeEhr) -> None:
-    ehr.add({"resourceType": "Medication", "id": "m1", "code": _coded(RXNORM, "42")})
+def test_a_drug_in_a_cited_medications_ingredient_decides_the_cohort(ehr: FakeEhr) -> None:
+    ingredient = {"itemReference": {"reference": "Medication/m2"}}
+    ehr.add(
+        {"resourceType": "Medication", "id": "m1", "ingredient": [ingredient]},
+        {"resourceType": "Medication", "id": "m2", "code": _coded(ATC, ROMIPLOSTIM)},
+    )
     with _client(ehr) as client:
         batch = fetch_cohort(client, SEARCHES, RULE, ["Patient/other"])
     assert [r.patient for r in batch.records] == ["Patient/other"]
+    # each Medication read once: the one the use cites, then its ingredient
+    reads = [r.url.path for r in ehr.requests if "/Medication/" in r.url.path]
+    assert reads == ["/fhir/Medication/m1", "/fhir/Medication/m2"]
 
 
 def test_one_patients_failure_costs_only_that_patient(ehr: FakeEhr) -> None:
@@ -309,9 +315,10 @@ def test_a_registry_that_cannot_be_read_stops_with_its_name(tmp_path: Path) -> N
 
 def test_public_names() -> None:
     assert sorted(patient_list.__all__) == [
-        "CohortRule",
+        "DECIDING_TYPES",
         "PatientListBatch",
         "Registry",
+        "SHARED_TYPES",
         "fetch_cohort",
         "registry",
     ]
