@@ -4,7 +4,9 @@ limit on an injected clock, and 429 honoured."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +227,29 @@ def test_requests_keep_to_the_rate_limit_across_retries() -> None:
     # the retry after the 503 waits its backoff (kept off this clock), then takes its own slot
     assert backoff == [1.0]
     assert sent == [100.0, 100.25, 100.5, 100.75]
+
+
+def test_requests_in_flight_are_capped_by_max_concurrency(ehr: FakeEhr) -> None:
+    """Four threads read at once; the server holds each request until a second one is in
+    (a barrier, bounded): so two are in flight together, and the cap keeps the others out."""
+    together = threading.Barrier(2, timeout=10)
+    in_flight: list[int] = [0]
+    most: list[int] = []
+    lock = threading.Lock()
+
+    def server(request: httpx.Request) -> httpx.Response:
+        with lock:
+            in_flight[0] += 1
+            most.append(in_flight[0])
+        together.wait()
+        with lock:
+            in_flight[0] -= 1
+        return ehr(request)
+
+    with _client(server, max_concurrency=2) as client, ThreadPoolExecutor(4) as pool:
+        read = list(pool.map(lambda _: client.read_json("Patient", "itp")["id"], range(4)))
+    assert read == ["itp"] * 4
+    assert max(most) == 2
 
 
 def test_the_rate_limit_is_the_processes_for_each_server() -> None:
