@@ -60,7 +60,12 @@ class Registry:
 
 def registry(client: FhirClient, source: str) -> Registry:
     """The patients of ``source``: ``Group/<id>`` (its active members), ``List/<id>`` (its
-    entries not marked deleted), or else the path of a file of patient ids."""
+    entries not marked deleted), or else the path of a file of patient ids.
+
+    A registry naming no patient stops the run: a full run would unlist every candidate,
+    and an empty registry is far likelier a Group whose members the server leaves out of a
+    read (a Bulk Data group) or the wrong file than a hospital with no patients.
+    """
     issues: list[DataIssue] = []
     match = _REGISTRY_RESOURCE.fullmatch(source)
     if match is None:
@@ -70,7 +75,11 @@ def registry(client: FhirClient, source: str) -> Registry:
         resource = client.read_json(kind, resource_id)
         members = _group_members if kind == "Group" else _list_items
         found = _resource_patients(client.base_url, source, members(resource), issues.append)
-    return Registry(tuple(sorted(set(found))), tuple(issues))
+    patients = tuple(sorted(set(found)))
+    if not patients:
+        unusable = f" ({len(issues)} entries unusable, e.g. {issues[0]})" if issues else ""
+        raise ConfigError(f"the patient registry {source} names no patients{unusable}")
+    return Registry(patients, tuple(issues))
 
 
 def _group_members(group: Json) -> Iterator[tuple[str, object]]:

@@ -338,6 +338,19 @@ def test_a_registry_that_cannot_be_read_stops_with_its_name(tmp_path: Path) -> N
         registry(client, str(tmp_path / "missing.txt"))
 
 
+def test_a_registry_naming_no_patients_stops_the_run(ehr: FakeEhr, tmp_path: Path) -> None:
+    ehr.add({"resourceType": "Group", "id": "bulk", "type": "person", "actual": True})
+    path = tmp_path / "ids.txt"
+    path.write_text("# nobody yet\nJane Doe\n")
+    with _client(ehr) as client:
+        with pytest.raises(ConfigError, match=r"registry Group/bulk names no patients$"):
+            registry(client, "Group/bulk")
+        with pytest.raises(ConfigError, match="names no patients") as caught:
+            registry(client, str(path))
+    assert f"{path}:2: not a patient id" in str(caught.value)
+    assert "Jane" not in str(caught.value)
+
+
 def test_public_names() -> None:
     assert sorted(patient_list.__all__) == [
         "DECIDING_TYPES",
