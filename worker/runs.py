@@ -121,6 +121,9 @@ class BatchTotals:
     """Values read but not used (a unit that cannot be converted)."""
     skipped: int = 0
     """Resources left out, of a shape the rules cannot read."""
+    outside: int = 0
+    """Patients read one at a time whose own record put them outside the cohort: never in
+    the funnel, which starts at the cohort."""
     failed_batches: int = 0
     seconds: float = 0.0
     outcomes: dict[str, int] = field(default_factory=dict)
@@ -389,12 +392,13 @@ def batch_totals(reports: Iterable[dict[str, Any]]) -> BatchTotals:
 
 
 def run_funnel(run: Run, study: Study) -> Funnel:
-    """A run's funnel from its record (batches summed). Its patients are the cohort; in an
-    incremental run only those whose record changed (the others were not re-evaluated).
+    """A run's funnel from its record (batches summed). Its patients are the cohort (less
+    those a registry named whose own record put them outside it); in an incremental run
+    only those whose record changed (the others were not re-evaluated).
     Those the run did not evaluate (no longer on the server, a failed batch, an engine
     failure) are counted as not evaluated."""
     batches = run.batches
-    found = run.cohort - (0 if run.full else batches.unchanged)
+    found = run.cohort - batches.outside - (0 if run.full else batches.unchanged)
     return Funnel.of(
         study,
         batches.removed,

@@ -220,7 +220,9 @@ def cmd_seed(args: argparse.Namespace) -> int:
             fatal("seed needs --input (or --remove --tag TAG)", EXIT_CONFIG)
         tag = args.tag or f"fhir-match-{datetime.now(UTC):%Y%m%d%H%M%S}"
         state = state_path(PROJECT_DIR / "var" / "seed", tag)
-        summary = seed(client, args.input, tag, state, args.workers, _progress("patients"))
+        summary = seed(
+            client, args.input, tag, state, args.workers, _progress("patients"), args.group or ""
+        )
     print(f"\ntag: {tag}\n{summary_json(summary)}", file=sys.stderr)
     for issue in (summary.skipped + summary.failed)[:20]:
         print(f"  {issue}", file=sys.stderr)
@@ -477,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--tag", help="the run tag (default: fhir-match-<UTC time>)")
     seed.add_argument("--remove", action="store_true", help="delete what --tag marks")
     seed.add_argument("--workers", type=int, default=4, help="transactions in flight")
+    seed.add_argument("--group", help="also write Group GROUP of every patient loaded, tagged")
     seed.set_defaults(run=cmd_seed)
 
     discover = commands.add_parser("discover", help=cmd_discover.__doc__)

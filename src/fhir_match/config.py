@@ -51,6 +51,9 @@ DEFAULT_SCHEDULE = "0 2 * * *"
 DEFAULT_FULL_EVERY_DAYS = 7.0
 DEFAULT_MAX_WAIT_S = 120.0
 """Longest total time one request may spend waiting between retries."""
+DEFAULT_MAX_CONCURRENCY = 4
+"""Requests one client has in flight at once: the server answers them in parallel, and four
+keep a shared server's load modest."""
 DEFAULT_TASK_TIME_LIMIT_S = 1800.0
 """Half an hour: a cohort search or a run's finish on a large, slow server, with retries."""
 DEFAULT_STALL_S = 120.0
@@ -127,6 +130,10 @@ class FhirSettings:
     timeout_s: float = DEFAULT_TIMEOUT_S
     max_retries: int = DEFAULT_MAX_RETRIES
     max_wait_s: float = DEFAULT_MAX_WAIT_S
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    max_rate: float = 0.0
+    """Requests per second the process sends this server, retries included; 0: no limit.
+    A hospital's API gateway counts a client's requests and answers 429 past its quota."""
     backend: BackendServices | None = None
     """The SMART Backend Services registration, when ``auth`` is ``smart-backend``."""
     foreign_links: ForeignLinks = "refuse"
@@ -155,6 +162,10 @@ class FhirSettings:
             raise ConfigError(f"{p}TIMEOUT must be a positive number of seconds")
         if self.max_retries < 0:
             raise ConfigError(f"{p}MAX_RETRIES must be 0 or more")
+        if self.max_concurrency < 1:
+            raise ConfigError(f"{p}MAX_CONCURRENCY must be 1 or more")
+        if self.max_rate < 0:
+            raise ConfigError(f"{p}MAX_RATE must be 0 (no limit) or a positive number")
 
     def with_base_url(self, base_url: str) -> FhirSettings:
         """The same settings for another server (a --fhir-url flag)."""
@@ -447,6 +458,8 @@ def _fhir_settings(env: Mapping[str, str], p: str, base_url: str, scope: str) ->
         timeout_s=_number(env, f"{p}TIMEOUT", DEFAULT_TIMEOUT_S),
         max_retries=int(_number(env, f"{p}MAX_RETRIES", DEFAULT_MAX_RETRIES)),
         max_wait_s=_number(env, f"{p}MAX_WAIT", DEFAULT_MAX_WAIT_S),
+        max_concurrency=int(_number(env, f"{p}MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY)),
+        max_rate=_number(env, f"{p}MAX_RATE", 0.0),
         backend=_backend(env, p, scope) if auth == "smart-backend" else None,
         foreign_links=env.get(f"{p}FOREIGN_LINKS", "").strip().lower() or "refuse",  # type: ignore[arg-type]
         prefix=p,

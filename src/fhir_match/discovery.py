@@ -120,6 +120,7 @@ class BatchReport:
             "failures": [str(f) for f in self.failures + self.written.failed],
             "unused": self.unused,
             "skipped": self.skipped,
+            "outside": len(self.outside),
         }
 
 

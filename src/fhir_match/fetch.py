@@ -57,6 +57,12 @@ class RecordSearch:
     def search(self, patients: Sequence[str]) -> Search:
         return self._for(patients).include(*self.includes).count(PAGE_SIZE)
 
+    def one_patient(self, patient: str) -> Search:
+        """This type's resources of one patient, as patient-scoped EHR APIs take the search:
+        the patient's id alone, no ``_include`` (what the resources cite is read by id)."""
+        patient_id = patient.removeprefix("Patient/")
+        return Search(self.resource_type).where(self.patient_param, patient_id).count(PAGE_SIZE)
+
     def changes(self, patients: Sequence[str], since: str) -> Search:
         search = self._for(patients).where("_lastUpdated", f"ge{since}")
         # identifier too: it tells what fhir-match wrote itself (see changed_patients)

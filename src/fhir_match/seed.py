@@ -28,6 +28,7 @@ __all__ = [
     "PATIENTS_PER_TRANSACTION",
     "TAG_SYSTEM",
     "SeedSummary",
+    "population_group",
     "remove_tagged",
     "seed",
     "state_path",
@@ -107,8 +108,10 @@ def seed(
     state: Path,
     workers: int = 4,
     progress: Progress = lambda done: None,
+    group: str = "",
 ) -> SeedSummary:
-    """Load every resource in ``inputs``, tagged; patients already in ``state`` are skipped."""
+    """Load every resource in ``inputs``, tagged; patients already in ``state`` are skipped.
+    With ``group`` (an id), also write the Group of every patient loaded (population_group)."""
     summary = SeedSummary()
     paths = [p for path in inputs for p in fhir_files(path)]
     shared = _shared(paths, lambda issue: None)  # reported once, by the patient pass below
@@ -150,7 +153,23 @@ def seed(
             future = pool.submit(_send, client, tagged_transaction(resources, tag))
             pending[future] = chunk
         settle(list(wait(pending).done))
+    if group:
+        members = _read_state(state)
+        client.transaction(tagged_transaction([population_group(group, members)], tag))
     return summary
+
+
+def population_group(group_id: str, patients: Iterable[str]) -> Json:
+    """The Group of a loaded population (person, actual): the registry a hospital names for
+    the patient-list and group-export sources. Only patients on the server are members:
+    a server may refuse a reference to a patient it does not have."""
+    return {
+        "resourceType": "Group",
+        "id": group_id,
+        "type": "person",
+        "actual": True,
+        "member": [{"entity": {"reference": patient}} for patient in sorted(patients)],
+    }
 
 
 def _send(client: FhirClient, bundle: Json) -> None:

@@ -35,6 +35,7 @@ from fhir_match.exported import ExportedCohort, file_type, patients_in, referenc
 from fhir_match.fetch import changed_patients, fetch_records
 from fhir_match.fhir import SEARCHES_IN_FLIGHT, FhirClient
 from fhir_match.fhir.bulk import export
+from fhir_match.patient_list import fetch_cohort, registry
 from fhir_match.records import DataIssue, Json, PatientRecord
 from fhir_match.runtime import StudySetup
 from fhir_match.server import ServerAllows
@@ -198,7 +199,8 @@ def find(
             max_poll_interval_s=BULK_MAX_POLL_S,
         )
     else:
-        raise NotImplementedError(source.name)
+        listed = registry(ehr, source.registry)
+        return Found(list(listed.patients), Fetch.PATIENT, issues=list(listed.issues))
     issues += [DataIssue("bulk export", error) for error in exported.errors]
     if since is not None:
         # changed resources only, not whole records: those patients are fetched one by one
@@ -289,6 +291,11 @@ def fetch_batch(
             patients = [p for p in patients if p in changed]
         records = fetch_records(ehr, setup.records, patients, on_issue) if patients else []
         return Fetched(records, unchanged=unchanged)
+    if fetch is Fetch.PATIENT:
+        batch = fetch_cohort(ehr, setup.records, setup.cohort_rule, patients)
+        for issue in batch.issues:
+            on_issue(issue)
+        return Fetched(list(batch.records), outside=list(batch.outside))
     raise ValueError(f"a batch cannot be fetched the {fetch} way")
 
 

@@ -35,6 +35,8 @@ class Population:
     folder: Path
     expected: dict[str, dict[str, Any]]
     """The generator's intended answer per patient."""
+    group: str = ""
+    """The id of the population's Group (its registry), when it was loaded with one."""
 
     @property
     def listed(self) -> dict[str, str]:
@@ -43,13 +45,22 @@ class Population:
 
 @contextmanager
 def loaded_population(
-    fhir: FhirClient, folder: Path, patients: int, seed_number: int, itp_share: float, name: str
+    fhir: FhirClient,
+    folder: Path,
+    patients: int,
+    seed_number: int,
+    itp_share: float,
+    name: str,
+    *,
+    group: bool = False,
 ) -> Iterator[Population]:
-    """Generate a population, load it under a run tag of its own, and remove it after."""
+    """Generate a population, load it under a run tag of its own, and remove it after; with
+    ``group``, also its Group (id: the tag)."""
     generate(patients, seed_number, folder, "ndjson", itp_share=itp_share)
     tag = f"test-{name}-{uuid.uuid4().hex[:8]}"
+    group_id = tag if group else ""
     for _ in range(SEED_ATTEMPTS):
-        loaded = seed(fhir, [folder / "fhir"], tag, folder / "seed.done", workers=2)
+        loaded = seed(fhir, [folder / "fhir"], tag, folder / "seed.done", workers=2, group=group_id)
         if not loaded.failed:
             break
     assert not loaded.failed
@@ -59,7 +70,7 @@ def loaded_population(
         for e in map(json.loads, (folder / "expected.ndjson").read_text().splitlines())
     }
     try:
-        yield Population(tag, folder, expected)
+        yield Population(tag, folder, expected, group_id)
     finally:
         remove_tagged(fhir, tag)
 

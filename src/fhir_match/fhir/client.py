@@ -21,6 +21,7 @@ from fhir_match.fhir.models import Resource, parse_resource, to_json
 from fhir_match.fhir.search import Search
 from fhir_match.fhir.transport import (
     USER_AGENT,
+    RateLimit,
     RetryPolicy,
     error_for,
     outcome_text,
@@ -29,7 +30,7 @@ from fhir_match.fhir.transport import (
     transport_errors,
 )
 
-__all__ = ["FHIR_JSON", "MAX_PAGES", "SEARCHES_IN_FLIGHT", "FhirClient"]
+__all__ = ["FHIR_JSON", "MAX_PAGES", "SEARCHES_IN_FLIGHT", "FhirClient", "process_rate_limit"]
 
 FHIR_JSON = "application/fhir+json"
 MAX_PAGES = 10_000
@@ -40,6 +41,16 @@ SEARCHES_IN_FLIGHT = 4
 answers them in parallel. Four keeps a shared server's load modest."""
 
 JsonObject = dict[str, Any]
+
+_rate_limits: dict[tuple[str, float], RateLimit] = {}
+_rate_limits_lock = threading.Lock()
+
+
+def process_rate_limit(base_url: str, per_second: float) -> RateLimit:
+    """The one rate limit of this process for a server: a task opens a client of its own, but
+    the quota an EHR enforces is the process's (its client registration's) as a whole."""
+    with _rate_limits_lock:
+        return _rate_limits.setdefault((base_url, per_second), RateLimit(per_second))
 
 
 class FhirClient:
@@ -57,6 +68,7 @@ class FhirClient:
         *,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         self.base_url = settings.base_url.rstrip("/")
         self._policy = RetryPolicy(settings.max_retries, settings.max_wait_s)
@@ -64,6 +76,10 @@ class FhirClient:
         self._sleep = sleep
         self.requests = 0
         """HTTP requests sent so far, retries included: what a run costs the server."""
+        self.max_concurrency = settings.max_concurrency
+        """Requests this client sends at once, at most; callers size their pools by it."""
+        self._in_flight = threading.BoundedSemaphore(settings.max_concurrency)
+        self._rate = rate_limit or process_rate_limit(self.base_url, settings.max_rate)
         self._counting = threading.Lock()
         self._http = httpx.Client(
             auth=auth_for(settings),
@@ -74,6 +90,8 @@ class FhirClient:
         )
 
     def _count(self, _: httpx.Request) -> None:
+        # every request httpx sends passes here, retries included: the place to pace them
+        self._rate.wait()
         with self._counting:
             self.requests += 1
 
@@ -111,7 +129,8 @@ class FhirClient:
                 **(headers or {}),
             },
         )
-        return send(self._http, request, self._policy, self._sleep, repeatable=repeatable)
+        with self._in_flight:
+            return send(self._http, request, self._policy, self._sleep, repeatable=repeatable)
 
     def _json(self, response: httpx.Response) -> JsonObject:
         try:
@@ -163,6 +182,15 @@ class FhirClient:
 
     def read(self, resource_type: str, resource_id: str) -> Resource:
         return self._resource(self._send("GET", self._url(f"{resource_type}/{resource_id}")))
+
+    def read_json(self, resource_type: str, resource_id: str) -> JsonObject:
+        """One resource by id as raw JSON, checked to be of that type: for callers that must
+        survive a malformed element (a registry's Group, a Medication a record cites)."""
+        response = self._send("GET", self._url(f"{resource_type}/{resource_id}"))
+        data = self._json(response)
+        if data.get("resourceType") != resource_type:
+            raise _bad_answer(response, f"response is not a {resource_type}")
+        return data
 
     def create(self, resource: Resource, *, if_none_exist: str | None = None) -> Resource:
         """Create; with ``if_none_exist`` (a search query) an existing match is returned instead."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from fhir_match.errors import FatalFhirError, FhirError, TransientFhirError
 
 __all__ = [
     "USER_AGENT",
+    "RateLimit",
     "RetryPolicy",
     "error_for",
     "outcome_text",
@@ -48,6 +50,36 @@ class RetryPolicy:
 
     max_retries: int = 5
     max_wait_s: float = 120.0
+
+
+class RateLimit:
+    """At most ``per_second`` requests a second, evenly spaced, from every thread that shares
+    it: an EHR's gateway counts a client's requests and answers 429 past its quota, so
+    staying under it costs less than being told to wait. ``per_second`` 0: no limit."""
+
+    def __init__(
+        self,
+        per_second: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._interval = 1.0 / per_second if per_second > 0 else 0.0
+        self._clock = clock
+        self._sleep = sleep
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        """Return when the next request may go: each takes the next free slot, so threads
+        never send two at once past the limit."""
+        if not self._interval:
+            return
+        with self._lock:
+            now = self._clock()
+            slot = max(now, self._next)
+            self._next = slot + self._interval
+        if slot > now:
+            self._sleep(slot - now)
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
