@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import islice
 from pathlib import Path
-from typing import cast
 
 import orjson
 
@@ -234,22 +233,21 @@ def read_shared(
     ehr: FhirClient, references: Iterable[str], on_issue: Callable[[DataIssue], None]
 ) -> dict[str, Json]:
     """Shared resources (``Medication/<id>``) read one by one, as every EHR allows (several
-    ``_id`` values in one search, or ``_include``, many do not); one that is gone is reported."""
+    ``_id`` values in one search, or ``_include``, many do not); one that cannot be read is
+    reported, and the records are evaluated without it."""
 
     def read(reference: str) -> Json | None:
+        kind, _, resource_id = reference.partition("/")
         try:
-            answer = ehr.request("GET", f"{ehr.base_url}/{reference}").json()
-        except FatalFhirError as exc:
-            if exc.status not in (404, 410):
-                raise
-            on_issue(DataIssue(reference, "not found on the FHIR server"))
+            answer = ehr.read_json(kind, resource_id)
+        except FatalFhirError as exc:  # costs only this resource; a transient one is retried
+            gone = exc.status in (404, 410)
+            on_issue(DataIssue(reference, "not found on the FHIR server" if gone else str(exc)))
             return None
-        except ValueError:
-            answer = None
-        if not isinstance(answer, dict) or _named(answer) != reference:
+        if _named(answer) != reference:
             on_issue(DataIssue(reference, "the server did not answer the resource asked for"))
             return None
-        return cast(Json, answer)
+        return answer
 
     wanted = sorted(set(references))
     with ThreadPoolExecutor(SEARCHES_IN_FLIGHT) as pool:

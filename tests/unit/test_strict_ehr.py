@@ -172,6 +172,7 @@ def test_public_names() -> None:
         "RESEARCH_WRITE_TYPES",
         "ServerAllows",
         "describe_server",
+        "read_allows",
         "server_allows",
     ]
     assert "StrictEhr" in strict_ehr.__all__
