@@ -12,10 +12,15 @@ gateway does. Its ``/metadata`` says all this where FHIR can say it.
 It counts requests and refusals per rule, so a test can say "this discovery was refused
 nothing". The server stays real: only what passes between fhir-match and it is judged.
 Loopback only; it stops by itself after ``lifetime_s`` if a test forgets to.
+
+To try discovery against it by hand (README, "Connecting to a hospital's EHR"):
+``.venv/bin/python -m tests.strict_ehr --port 8090`` serves the local HAPI server strictly
+at http://127.0.0.1:8090/fhir for an hour.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import threading
@@ -375,6 +380,7 @@ class StrictEhr:
         rate_per_s: int | None = None,
         internal_origin: str = INTERNAL_ORIGIN,
         lifetime_s: float = 900,
+        port: int = 0,
     ) -> None:
         target = urlsplit(upstream.rstrip("/"))
         self._upstream_origin = f"{target.scheme}://{target.netloc}"
@@ -391,7 +397,7 @@ class StrictEhr:
         self._server: _Server | None = None
         self._lifetime = threading.Timer(lifetime_s, self.stop)
         self._lifetime.daemon = True
-        self.port = 0
+        self.port = port
 
     @property
     def base_url(self) -> str:
@@ -504,7 +510,7 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, ehr: StrictEhr) -> None:
         self.ehr = ehr
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(("127.0.0.1", ehr.port), _Handler)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -528,3 +534,29 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *_: object) -> None:
         pass  # request lines name patients; the counters say what happened
+
+
+def main() -> None:
+    """Serve the FHIR server at FHIR_BASE_URL strictly on a loopback port, for an hour."""
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser(prog="python -m tests.strict_ehr", description=main.__doc__)
+    parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument("--page-cap", type=int, default=PAGE_CAP)
+    parser.add_argument("--rate", type=int, help="requests answered per second (else 429)")
+    args = parser.parse_args()
+    upstream = os.environ.get("FHIR_BASE_URL") or "http://127.0.0.1:8080/fhir"
+    hour = 3600
+    ehr = StrictEhr(
+        upstream, page_cap=args.page_cap, rate_per_s=args.rate, port=args.port, lifetime_s=hour
+    )
+    with ehr:
+        print(f"strict EHR at {ehr.base_url} in front of {upstream}; Ctrl-C stops it", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            time.sleep(hour)
+        print(f"{ehr.requests} requests, refused: {dict(ehr.refused) or 'none'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

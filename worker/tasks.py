@@ -392,9 +392,14 @@ def _screen_files(store: redis.Redis, run: Run, found: Found) -> None:
     setup = study_setup(run.study)
     engine = _engine(run.study, run.as_of)
     batches = iter(range(len(found.patients) + 2))
+    since = time.perf_counter()
 
     def record(report: BatchReport) -> None:
-        runs.record_batch(store, run.id, next(batches), report.as_json())
+        nonlocal since
+        done = time.perf_counter()
+        seconds = {"seconds": round(done - since, 3)}  # reading and evaluating the batch
+        runs.record_batch(store, run.id, next(batches), {**report.as_json(), **seconds})
+        since = done
 
     settings = _settings(run.base_url)
     with FhirClient(settings.fhir) as client, FhirClient(settings.store) as fhir_store:
