@@ -37,6 +37,7 @@ import httpx
 __all__ = [
     "CLINICAL_TYPES",
     "COMBINATION",
+    "HOP_BY_HOP",
     "INTERNAL_ORIGIN",
     "PAGE_CAP",
     "RESEARCH_TYPES",
@@ -86,7 +87,7 @@ _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _SHAPING = ("_include", "_revinclude", "_elements")
 _PAGING = "_getpages"
 """HAPI's continuation parameter: a next link, not a new search."""
-_HOP_BY_HOP = frozenset(
+HOP_BY_HOP = frozenset(
     {
         "connection",
         "keep-alive",
@@ -100,6 +101,8 @@ _HOP_BY_HOP = frozenset(
         "accept-encoding",
     }
 )
+"""Headers that belong to one connection, or to a body a proxy re-encodes: not forwarded
+(this proxy's and the fault proxy's)."""
 
 
 @dataclass(frozen=True)
@@ -476,7 +479,7 @@ class StrictEhr:
             )
         except httpx.TransportError:
             return _Answer(502, {"content-type": "text/plain"}, b"upstream unreachable")
-        kept = {k.lower(): v for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP}
+        kept = {k.lower(): v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP}
         return _Answer(response.status_code, kept, response.content)
 
     def _internal(self, answer: _Answer) -> _Answer:
@@ -521,7 +524,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
         answer = self.server.ehr.answer(self.command, self.path, headers, body)
         self.send_response(answer.status)
         for name, value in answer.headers.items():

@@ -29,6 +29,7 @@ __all__ = [
     "fetch_records",
     "patient_chunks",
     "record_searches",
+    "search_resources",
 ]
 
 PAGE_SIZE = 500
@@ -112,7 +113,8 @@ def patient_chunks(
         yield chunk
 
 
-def _resources(client: FhirClient, search: Search) -> Iterator[Json]:
+def search_resources(client: FhirClient, search: Search) -> Iterator[Json]:
+    """Every resource of every page of ``search``, references made local."""
     for page in client.pages(search):
         for entry in page.get("entry") or []:
             resource = entry.get("resource") if isinstance(entry, dict) else None
@@ -137,7 +139,7 @@ def fetch_records(
     # the bulk of a record) does not hold up the others.
     jobs = [s.search(chunk) for chunk in patient_chunks(patients) for s in searches]
     with ThreadPoolExecutor(SEARCHES_IN_FLIGHT) as pool:
-        for page_set in pool.map(lambda search: list(_resources(client, search)), jobs):
+        for page_set in pool.map(lambda search: list(search_resources(client, search)), jobs):
             for resource in page_set:
                 key = f"{resource['resourceType']}/{resource.get('id')}"
                 resources.setdefault(key, resource)
@@ -167,7 +169,7 @@ def changed_patients(
     wanted = set(patients)
     for chunk in patient_chunks(patients):
         for record_search in searches:
-            for resource in _resources(client, record_search.changes(chunk, since)):
+            for resource in search_resources(client, record_search.changes(chunk, since)):
                 if ignore(resource):
                     continue
                 if resource["resourceType"] == "Patient":

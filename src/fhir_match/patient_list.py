@@ -25,8 +25,8 @@ from pathlib import Path
 from fhir_match.cohort import MEDICATION_USES
 from fhir_match.errors import ConfigError, FhirError
 from fhir_match.exported import CohortRule
-from fhir_match.fetch import RecordSearch
-from fhir_match.fhir import FhirClient, Search
+from fhir_match.fetch import RecordSearch, search_resources
+from fhir_match.fhir import FhirClient
 from fhir_match.files import localise_references, map_references
 from fhir_match.grouping import group_by_patient
 from fhir_match.records import DataIssue, Json, PatientRecord
@@ -200,7 +200,7 @@ class _Reads:
             if search.resource_type == "Patient":
                 resource = self.client.read_json("Patient", patient.removeprefix("Patient/"))
                 return [localise_references(resource, {})]
-            return list(_resources(self.client, search.one_patient(patient)))
+            return list(search_resources(self.client, search.one_patient(patient)))
         except FhirError as exc:
             if exc.status in _GONE:
                 return DataIssue(patient, "not found on the FHIR server")
@@ -293,14 +293,6 @@ def _in_cohort(
         or (r["resourceType"] in MEDICATION_USES and rule.use_counts(r, medications))
         for r in owned.values()
     )
-
-
-def _resources(client: FhirClient, search: Search) -> Iterator[Json]:
-    for page in client.pages(search):
-        for entry in page.get("entry") or []:
-            resource = entry.get("resource") if isinstance(entry, dict) else None
-            if isinstance(resource, dict) and "resourceType" in resource:
-                yield localise_references(resource, {})
 
 
 def _references_in(resources: Iterable[Json]) -> set[str]:

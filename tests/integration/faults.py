@@ -30,6 +30,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
+from ..strict_ehr import HOP_BY_HOP
+
 __all__ = [
     "MAX_CONNECTIONS",
     "TRANSIENT",
@@ -43,21 +45,6 @@ __all__ = [
 MAX_CONNECTIONS = 64
 STALL_S = 3.0
 RETRY_AFTER_S = 1
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "upgrade",
-        "content-length",
-        "content-encoding",
-        "accept-encoding",
-    }
-)
-"""Headers that belong to one connection, or to a body the proxy re-encodes: not forwarded."""
 
 
 class Fault(StrEnum):
@@ -176,7 +163,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _relay(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
         proxy = self.server.proxy
         answer = proxy.answer(self.command, self.path, headers, body)
         if answer is None:
@@ -409,7 +396,7 @@ class FaultProxy:
             with self._lock:
                 self.unreachable += 1
             return _failure(Fault.BAD_GATEWAY)  # the server is down: what a gateway says
-        kept = {k: v for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP}
+        kept = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP}
         return _Answer(response.status_code, kept, response.content)
 
 

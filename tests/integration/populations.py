@@ -8,7 +8,8 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,13 @@ import pytest
 import redis
 
 from fhir_match.fhir import FhirClient
+from fhir_match.fhir.models import parse_resource
 from fhir_match.seed import remove_tagged, seed
 from fhir_match.synth.generate import generate
+from fhir_match.tagging import TAG_SYSTEM
 from worker import runs
 from worker.process import WorkerProcess
-from worker.tasks import discover
+from worker.tasks import SINCE_MARGIN, discover
 
 AS_OF = "2026-06-01"
 RUN_TIMEOUT_S = 300
@@ -88,3 +91,34 @@ def run_discovery(
             return run
         time.sleep(0.2)  # polling the run's record for its end, not waiting for an effect
     pytest.fail(f"run {result.id} did not end within {RUN_TIMEOUT_S}s")
+
+
+def look_back_from_now(store: redis.Redis, scope: str) -> datetime:
+    """Make the next incremental run of ``scope`` look back from now, as if the last run had
+    started 5 minutes from now: what was loaded and written before is unchanged, and only
+    what is written after this is a change. The moment it looks back from."""
+    last = runs.last_run(store, scope)
+    assert last is not None
+    since = datetime.now(UTC).replace(microsecond=0)
+    runs.remember_last_run(store, scope, replace(last, started=(since + SINCE_MARGIN).isoformat()))
+    return since
+
+
+def add_normal_platelet_count(fhir: FhirClient, patient: str, tag: str) -> None:
+    """A normal platelet count for ``patient`` two days before the screening date: it rules
+    a candidate out (inc-3)."""
+    count = {
+        "resourceType": "Observation",
+        "meta": {"tag": [{"system": TAG_SYSTEM, "code": tag}]},
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "777-3"}]},
+        "subject": {"reference": patient},
+        "effectiveDateTime": "2026-05-30",
+        "valueQuantity": {
+            "value": 250,
+            "unit": "10*9/L",
+            "system": "http://unitsofmeasure.org",
+            "code": "10*9/L",
+        },
+    }
+    fhir.create(parse_resource(count))

@@ -12,8 +12,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import replace
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -30,16 +29,25 @@ from fhir_match.grouping import patient_of
 from fhir_match.records import Json
 from fhir_match.runtime import study_setup
 from fhir_match.screen import ScreenSummary, criterion_json, screen, study_engine
-from fhir_match.tagging import TAG_SYSTEM, tag_token
+from fhir_match.tagging import tag_token
 from fhir_match.writeback import RUN_SYSTEM, funnel_of, match_of
 from worker import runs
 from worker.process import WorkerProcess
 from worker.runs import run_scope
-from worker.tasks import SINCE_MARGIN, screen_patients
+from worker.tasks import screen_patients
 
 from ..conftest import ROOT
 from .conftest import RunTag
-from .populations import AS_OF, RUN_TIMEOUT_S, STUDY, Population, loaded_population, run_discovery
+from .populations import (
+    AS_OF,
+    RUN_TIMEOUT_S,
+    STUDY,
+    Population,
+    add_normal_platelet_count,
+    loaded_population,
+    look_back_from_now,
+    run_discovery,
+)
 
 
 @pytest.fixture(scope="module")
@@ -267,30 +275,8 @@ def test_a_normal_newest_platelet_count_unlists_the_patient(
         for c in listed(fhir, population).values()
         if c.outcome == "candidate" and c.status == "candidate"
     )
-    # The look-back starts now, as if the last run had started 5 minutes from now: what
-    # was loaded and written before is unchanged, and only the new count is a change.
-    scope = run_scope(STUDY, population.tag)
-    last = runs.last_run(redis_client, scope)
-    assert last is not None
-    since = datetime.now(UTC).replace(microsecond=0)
-    runs.remember_last_run(
-        redis_client, scope, replace(last, started=(since + SINCE_MARGIN).isoformat())
-    )
-    count = {
-        "resourceType": "Observation",
-        "meta": {"tag": [{"system": TAG_SYSTEM, "code": population.tag}]},
-        "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": "777-3"}]},
-        "subject": {"reference": chosen.patient},
-        "effectiveDateTime": "2026-05-30",
-        "valueQuantity": {
-            "value": 250,
-            "unit": "10*9/L",
-            "system": "http://unitsofmeasure.org",
-            "code": "10*9/L",
-        },
-    }
-    fhir.create(parse_resource(count))
+    since = look_back_from_now(redis_client, run_scope(STUDY, population.tag))
+    add_normal_platelet_count(fhir, chosen.patient, population.tag)
 
     run = run_discovery(redis_client, celery_worker, population, mode="incremental")
 

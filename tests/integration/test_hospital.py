@@ -19,8 +19,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -30,17 +28,21 @@ from fhir_match.candidates import Candidate, current_candidates
 from fhir_match.config import Settings
 from fhir_match.evaluate.study import load_study
 from fhir_match.fhir import FhirClient
-from fhir_match.fhir.models import parse_resource
 from fhir_match.screen import criterion_json
-from fhir_match.tagging import TAG_SYSTEM
 from worker import runs
 from worker.process import WorkerProcess, start_worker
 from worker.runs import run_scope
-from worker.tasks import SINCE_MARGIN
 
 from ..conftest import ROOT, VAR_LOG
 from ..strict_ehr import StrictEhr
-from .populations import STUDY, Population, loaded_population, run_discovery
+from .populations import (
+    STUDY,
+    Population,
+    add_normal_platelet_count,
+    loaded_population,
+    look_back_from_now,
+    run_discovery,
+)
 
 pytestmark = pytest.mark.usefixtures("write_store")
 
@@ -172,30 +174,8 @@ def test_an_incremental_group_export_evaluates_only_the_changed_patient(
     tag = f"{population.tag}-g"
     before = the_list(write_store, tag, ehr.base_url)
     chosen = sorted(p for p, (outcome, _) in before.items() if outcome == "candidate")[0]
-    # The look-back starts now (as if the last run had started 5 minutes from now): what
-    # was loaded before is unchanged, and only the new count is a change.
-    scope = run_scope(STUDY, tag)
-    last = runs.last_run(redis_client, scope)
-    assert last is not None
-    since = datetime.now(UTC).replace(microsecond=0)
-    runs.remember_last_run(
-        redis_client, scope, replace(last, started=(since + SINCE_MARGIN).isoformat())
-    )
-    normal_count = {
-        "resourceType": "Observation",
-        "meta": {"tag": [{"system": TAG_SYSTEM, "code": population.tag}]},
-        "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": "777-3"}]},
-        "subject": {"reference": chosen},
-        "effectiveDateTime": "2026-05-30",
-        "valueQuantity": {
-            "value": 250,
-            "unit": "10*9/L",
-            "system": "http://unitsofmeasure.org",
-            "code": "10*9/L",
-        },
-    }
-    fhir.create(parse_resource(normal_count))
+    look_back_from_now(redis_client, run_scope(STUDY, tag))
+    add_normal_platelet_count(fhir, chosen, population.tag)
 
     cohort = {"source": "group-export", "group": population.group}
     run = hospital_run(
