@@ -6,11 +6,14 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from fhir_match.errors import FatalFhirError
 from fhir_match.fhir import FhirClient
+from fhir_match.fhir.client import FHIR_JSON
 from fhir_match.fhir.models import to_json
 from fhir_match.records import RECORD_TYPES
 
 __all__ = [
+    "ALLOWS_ALL",
     "RESEARCH_WRITE_TYPES",
     "ServerAllows",
     "describe_server",
@@ -70,6 +73,19 @@ class ServerAllows:
     def writes_research(self) -> bool:
         """Discovery can write back into this server."""
         return len(self.research_writes) == len(RESEARCH_WRITE_TYPES) and self.transactions
+
+
+ALLOWS_ALL = ServerAllows(
+    code_search=_CLINICAL_TYPES,
+    patient_required=(),
+    includes=True,
+    system_export=True,
+    patient_export=True,
+    group_export=True,
+    research_writes=RESEARCH_WRITE_TYPES,
+    transactions=True,
+)
+"""What a server is taken to allow when its CapabilityStatement cannot be read."""
 
 
 def server_allows(statement: Json) -> ServerAllows:
@@ -143,8 +159,18 @@ def _searchable_by_code(resource: Json) -> bool:
 
 
 def read_allows(client: FhirClient) -> ServerAllows:
-    """What the server allows, from its ``/metadata``."""
-    return server_allows(to_json(client.capabilities()))
+    """What the server allows, from its ``/metadata`` read as plain JSON (a statement the
+    FHIR models would refuse for one odd element still says what the server allows). A
+    server whose statement cannot be read at all is taken to allow everything, as one
+    that declares nothing is: its first refusal will say otherwise."""
+    try:
+        response = client.request(
+            "GET", f"{client.base_url}/metadata", headers={"Accept": FHIR_JSON}
+        )
+        statement = response.json()
+    except (FatalFhirError, ValueError):
+        statement = None
+    return server_allows(statement) if isinstance(statement, dict) else ALLOWS_ALL
 
 
 def describe_server(client: FhirClient) -> dict[str, Any]:

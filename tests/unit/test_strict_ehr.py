@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import httpx
 import pytest
 
 from fhir_match import server
-from fhir_match.server import ServerAllows, server_allows
+from fhir_match.config import FhirSettings
+from fhir_match.fhir import FhirClient
+from fhir_match.server import ALLOWS_ALL, ServerAllows, read_allows, server_allows
 from tests import strict_ehr
 from tests.strict_ehr import COMBINATION, Asked, capped, refusal, strict_capabilities
 
@@ -169,6 +172,7 @@ def test_a_combination_without_a_patient_still_allows_a_code_search() -> None:
 
 def test_public_names() -> None:
     assert sorted(server.__all__) == [
+        "ALLOWS_ALL",
         "RESEARCH_WRITE_TYPES",
         "ServerAllows",
         "describe_server",
@@ -177,3 +181,28 @@ def test_public_names() -> None:
     ]
     assert "StrictEhr" in strict_ehr.__all__
     assert all(hasattr(strict_ehr, name) for name in strict_ehr.__all__)
+
+
+def _metadata_client(answer: httpx.Response) -> FhirClient:
+    return FhirClient(
+        FhirSettings(base_url="https://ehr.test/fhir", max_retries=0),
+        transport=httpx.MockTransport(lambda request: answer),
+        sleep=lambda _: None,
+    )
+
+
+def test_a_statement_with_an_odd_element_still_says_what_is_allowed() -> None:
+    statement = {
+        **strict_capabilities(json.loads(HAPI_STATEMENT.read_text())),
+        "total": 3,
+    }  # no such element
+    with _metadata_client(httpx.Response(200, json=statement)) as client:
+        allows = read_allows(client)
+    assert allows.group_export
+    assert not allows.cohort_search
+
+
+def test_a_statement_that_cannot_be_read_is_taken_to_allow_everything() -> None:
+    for answer in (httpx.Response(404, text="<html>gone</html>"), httpx.Response(200, text="<")):
+        with _metadata_client(answer) as client:
+            assert read_allows(client) == ALLOWS_ALL
