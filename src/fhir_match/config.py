@@ -81,8 +81,11 @@ record's ResearchSubjects and their studies too: the rules may ask about other t
 DEFAULT_WRITE_SCOPE = " ".join(f"system/{kind}.crus" for kind in _WRITE_TYPES)
 """SMART v2 scopes on the write store: create, read, update and search what discovery
 writes (and reads on the next run); never delete."""
-DEFAULT_BACKEND_SCOPE = f"{DEFAULT_READ_SCOPE} {DEFAULT_WRITE_SCOPE}"
-"""SMART v2 scopes for unattended discovery reading and writing one server."""
+DEFAULT_BACKEND_SCOPE = " ".join(
+    [f"system/{kind}.rs" for kind in _READ_TYPES] + [f"system/{kind}.crus" for kind in _WRITE_TYPES]
+)
+"""SMART v2 scopes for unattended discovery reading and writing one server: read and search
+the record types, create, read, update and search what it writes; never delete."""
 
 READ_PREFIX = "FHIR_"
 WRITE_PREFIX = "FHIR_WRITE_"
