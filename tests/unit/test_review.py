@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -13,25 +14,29 @@ from fhir_match.fhir import FhirClient
 from fhir_match.records import Json
 from fhir_match.review.config import ReviewSettings, load_review_settings
 from fhir_match.review.decisions import (
+    DECISIONS,
     EXT_DECISION,
     Coordinator,
     DecisionError,
     decision_history,
     decision_transaction,
+    status_word,
 )
 from fhir_match.review.evidence import describe, grouped, missing
 from fhir_match.review.grants import Grant, requested_scopes
 from fhir_match.review.listing import (
     Snapshot,
+    age_text,
     candidate_rows,
     dropped_since,
     filter_rows,
-    patient_age,
+    patient_ages,
     patient_name,
     snapshot_of,
     sort_rows,
 )
 from fhir_match.review.reads import cited_resources, patients
+from fhir_match.review.times import shown_time
 from fhir_match.writeback import EXT_CRITERION, EXT_MATCH, EXT_OUTCOME, RUN_SYSTEM
 
 # -- scopes -------------------------------------------------------------------------------
@@ -157,7 +162,7 @@ def test_rows_show_status_owner_unknowns_and_changes() -> None:
         ("Patient/b", "new", False, 2),
     ]
     assert rows[0].name == "Lee, Ann"
-    assert rows[0].age == 45
+    assert rows[0].age == (45, 45)
     assert dropped_since(latest, previous) == ["Patient/c"]
     assert [r.change for r in candidate_rows(subjects, {}, latest, None)] == ["first run"] * 2
 
@@ -184,8 +189,63 @@ def test_names_and_ages() -> None:
     assert patient_name({"name": [{"text": "李娜"}]}) == "李娜"
     assert patient_name({"name": [{"family": "X"}, {"use": "official", "family": "Y"}]}) == "Y"
     assert patient_name(None) == ""
-    assert patient_age({"birthDate": "2000-06-02"}, date(2026, 6, 1)) == 25
-    assert patient_age({"birthDate": "2000"}, date(2026, 6, 1)) is None
+    assert patient_ages({"birthDate": "2000-06-02"}, date(2026, 6, 1)) == (25, 25)
+    assert patient_ages({"birthDate": "not a date"}, date(2026, 6, 1)) is None
+    assert age_text(None) == ""
+
+
+def test_a_partial_birth_date_shows_the_ages_it_allows() -> None:
+    """Defect: a year-only birthDate left the age cell empty."""
+    on = date(2026, 6, 1)
+    assert age_text(patient_ages({"birthDate": "1980"}, on)) == "45 or 46"
+    assert age_text(patient_ages({"birthDate": "1980-06"}, on)) == "45 or 46"
+    assert age_text(patient_ages({"birthDate": "1980-05"}, on)) == "46"
+    assert age_text(patient_ages({"birthDate": "2000-02"}, date(2026, 2, 28))) == "25 or 26"
+
+
+def test_unknown_ages_sort_last_in_either_order() -> None:
+    """Defect: sorting by age put the blank ages first."""
+    subjects = [
+        _subject("1", "Patient/a", "candidate", "candidate", "r1", 0),
+        _subject("2", "Patient/b", "candidate", "candidate", "r1", 0),
+        _subject("3", "Patient/c", "candidate", "candidate", "r1", 0),
+    ]
+    people = {"Patient/a": {"birthDate": "1990-01-01"}, "Patient/c": {"birthDate": "1980"}}
+    rows = candidate_rows(subjects, people, None, None)
+    assert [r.patient for r in sort_rows(rows, "age")] == ["Patient/a", "Patient/c", "Patient/b"]
+    assert [r.patient for r in sort_rows(rows, "age", descending=True)] == [
+        "Patient/c",
+        "Patient/a",
+        "Patient/b",
+    ]
+
+
+def test_needs_attention_first_puts_decided_last_and_follows_the_order() -> None:
+    """Defect: in the default sort the order control did nothing and decided patients stayed
+    at the top."""
+    subjects = [
+        _subject("1", "Patient/a", "candidate", "eligible", "r1", 0),
+        _subject("2", "Patient/b", "candidate", "candidate", "r1", 1),
+        _subject("3", "Patient/c", "potential-candidate", "potential-candidate", "r1", 3),
+    ]
+    rows = candidate_rows(subjects, {}, None, None)
+    assert [r.patient for r in sort_rows(rows, "")] == ["Patient/b", "Patient/c", "Patient/a"]
+    assert [r.patient for r in sort_rows(rows, "", descending=True)] == [
+        "Patient/a",
+        "Patient/c",
+        "Patient/b",
+    ]
+
+
+def test_contacted_reads_as_contacted_in_rows_and_filters() -> None:
+    """Defect: "contacted" was stored as screening and shown as "screening" everywhere."""
+    subjects = [_subject("1", "Patient/a", "candidate", "screening", "r1", 0)]
+    rows = candidate_rows(subjects, {}, None, None)
+    assert (rows[0].status, rows[0].decided) == ("contacted", True)
+    assert filter_rows(rows, status="contacted") == rows
+    assert status_word("screening") == "contacted"
+    assert status_word("potential-candidate") == "potential-candidate"
+    assert {status_word(status) for status, _ in DECISIONS.values()} == set(DECISIONS)
 
 
 # -- evidence -----------------------------------------------------------------------------
@@ -247,6 +307,36 @@ def test_a_medication_reference_is_resolved() -> None:
     assert "access" in missing("Procedure/p1", allowed=False).what
 
 
+def _platelets(**when: object) -> Json:
+    return {"resourceType": "Observation", "id": "o", "status": "final", **when}
+
+
+def test_evidence_dates_follow_the_rules_and_the_site_time_zone() -> None:
+    """Defects: an Observation dated by effectiveInstant showed no date; times were shown
+    raw with the record's offset (+08:00) beside history in UTC."""
+    shanghai = ZoneInfo("Asia/Shanghai")
+    assert describe(_platelets(effectiveInstant="2026-04-02T01:30:00Z"), {}).when == (
+        "2026-04-02 01:30 UTC"
+    )
+    assert describe(_platelets(issued="2026-04-02T09:30:00+08:00"), {}).when == (
+        "2026-04-02 01:30 UTC"
+    )
+    both = _platelets(effectiveDateTime="2026-04-01T23:30:00Z", issued="2026-04-03T00:00:00Z")
+    assert describe(both, {}, shanghai).when == "2026-04-02 07:30 CST"
+    period = _platelets(effectivePeriod={"start": "2026-04-02T01:30:00Z"})
+    assert describe(period, {}, shanghai).when == "2026-04-02 09:30 CST"
+    assert describe(_platelets(effectiveDateTime="2026-04-02"), {}, shanghai).when == "2026-04-02"
+    assert shown_time("2026-04-02T09:30:00", shanghai) == "2026-04-02T09:30:00"
+
+
+def test_a_bad_time_zone_is_refused_naming_the_setting() -> None:
+    with pytest.raises(ConfigError, match="FHIR_MATCH_TIME_ZONE"):
+        load_review_settings({"FHIR_MATCH_TIME_ZONE": "Mars/Olympus"})
+    assert load_review_settings({"FHIR_MATCH_TIME_ZONE": "Asia/Shanghai"}).zone == ZoneInfo(
+        "Asia/Shanghai"
+    )
+
+
 # -- decisions ----------------------------------------------------------------------------
 
 _SUBJECT = {
@@ -281,8 +371,9 @@ def test_ineligible_needs_a_reason_and_decisions_are_known() -> None:
     who = Coordinator("", "local user")
     with pytest.raises(DecisionError, match="why"):
         decision_transaction(_SUBJECT, "ineligible", "  ", who, "2026-11-25")
-    with pytest.raises(DecisionError, match="unknown"):
+    with pytest.raises(DecisionError, match="choose") as unknown:
         decision_transaction(_SUBJECT, "enrolled", "", who, "2026-11-25")
+    assert unknown.value.field == "decision"
     bundle = decision_transaction(
         _SUBJECT, "ineligible", "moved away", who, "2026-11-25", tag="demo"
     )

@@ -21,7 +21,6 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.templating import Jinja2Templates
 from starsessions import SessionAutoloadMiddleware, SessionMiddleware
 from starsessions.stores.redis import RedisStore
 
@@ -29,7 +28,7 @@ from fhir_match.errors import ConfigError, FhirError
 from fhir_match.evaluate.engine import retrieved_types, translate_cql
 from fhir_match.evaluate.study import configured_studies, load_study
 from fhir_match.review.config import ReviewSettings
-from fhir_match.review.pages import Pages
+from fhir_match.review.pages import Pages, review_templates
 from fhir_match.review.smart import LaunchError, Smart, current_user
 
 __all__ = ["create_app"]
@@ -63,7 +62,7 @@ def create_app(settings: ReviewSettings) -> Starlette:
         for t in retrieved_types(study.library, study.library_version)
     )
     smart = Smart(settings, evidence_types) if settings.smart else None
-    templates = Jinja2Templates(directory=HERE / "templates")
+    templates = review_templates(settings.zone)
     pages = Pages(settings, studies, templates, lambda r: current_user(r, settings))
 
     def failure(request: Request, message: str, status: int) -> Response:

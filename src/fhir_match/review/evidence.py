@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo
 
 from fhir_match.records import Json
+from fhir_match.review.times import shown_time
 
 __all__ = ["Evidence", "EvidenceGroup", "coding_text", "describe", "grouped", "missing"]
 
@@ -27,6 +29,7 @@ SYSTEMS = {
 _DATES = (
     "effectiveDateTime",
     "effectivePeriod",
+    "effectiveInstant",
     "performedDateTime",
     "performedPeriod",
     "onsetDateTime",
@@ -38,6 +41,10 @@ _DATES = (
     "issued",
     "birthDate",
 )
+"""Where a resource's date is, in the order the rules read them (Records.cql: an
+Observation's effective dateTime, period start, instant, then issued)."""
+
+UTC = ZoneInfo("UTC")
 
 
 @dataclass(frozen=True)
@@ -67,14 +74,15 @@ def _concept(concept: Json | None) -> tuple[str, tuple[str, ...]]:
     return str(name or ""), tuple(coding_text(c) for c in codings)
 
 
-def _when(resource: Json) -> str:
+def _when(resource: Json, zone: ZoneInfo) -> str:
     for key in _DATES:
         value = resource.get(key)
         if isinstance(value, dict):
-            start, end = value.get("start", ""), value.get("end", "")
-            return f"{start} to {end}" if start and end and start != end else str(start or end)
+            start = shown_time(str(value.get("start") or ""), zone)
+            end = shown_time(str(value.get("end") or ""), zone)
+            return f"{start} to {end}" if start and end and start != end else start or end
         if value:
-            return str(value)
+            return shown_time(str(value), zone)
     return ""
 
 
@@ -132,8 +140,8 @@ def _medication(resource: Json, medications: Mapping[str, Json]) -> tuple[str, t
     return name, codes
 
 
-def describe(resource: Json, medications: Mapping[str, Json]) -> Evidence:
-    """One evidence resource in a reviewer's words."""
+def describe(resource: Json, medications: Mapping[str, Json], zone: ZoneInfo = UTC) -> Evidence:
+    """One evidence resource in a reviewer's words, its times in the site's ``zone``."""
     kind = str(resource.get("resourceType"))
     reference = f"{kind}/{resource.get('id')}"
     if kind.startswith("Medication") and kind != "Medication":
@@ -155,7 +163,7 @@ def describe(resource: Json, medications: Mapping[str, Json]) -> Evidence:
         reference=reference,
         kind=words.get(kind, kind),
         what=what or "(not named in the record)",
-        when=_when(resource),
+        when=_when(resource, zone),
         value=_value(resource),
         codes=codes,
         status=_status(resource) if kind != "Patient" else "",
