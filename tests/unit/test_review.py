@@ -10,6 +10,7 @@ import pytest
 
 from fhir_match.config import FhirSettings
 from fhir_match.errors import ConfigError
+from fhir_match.evaluate.study import load_study
 from fhir_match.fhir import FhirClient
 from fhir_match.records import Json
 from fhir_match.review.config import ReviewSettings, load_review_settings
@@ -37,6 +38,7 @@ from fhir_match.review.listing import (
 )
 from fhir_match.review.reads import cited_resources, patients
 from fhir_match.review.times import shown_time
+from fhir_match.screen import load_normaliser
 from fhir_match.writeback import EXT_CRITERION, EXT_MATCH, EXT_OUTCOME, RUN_SYSTEM
 
 # -- scopes -------------------------------------------------------------------------------
@@ -327,6 +329,29 @@ def test_evidence_dates_follow_the_rules_and_the_site_time_zone() -> None:
     assert describe(period, {}, shanghai).when == "2026-04-02 09:30 CST"
     assert describe(_platelets(effectiveDateTime="2026-04-02"), {}, shanghai).when == "2026-04-02"
     assert shown_time("2026-04-02T09:30:00", shanghai) == "2026-04-02T09:30:00"
+
+
+def test_platelet_counts_read_in_the_studys_unit_beside_the_records() -> None:
+    """Defect: summaries in 10^9/L, evidence in the record's "/mm3" or "10*3/uL"."""
+    normaliser = load_normaliser(load_study("kn5501"))
+    loinc = {"coding": [{"system": "http://loinc.org", "code": "777-3"}]}
+
+    def shown(quantity: Json, code: Json = loinc) -> str:
+        observation = {**_platelets(), "code": code, "valueQuantity": quantity}
+        return describe(observation, {}, normaliser=normaliser).value
+
+    assert shown({"value": 52000, "unit": "/mm3"}) == "52 x10^9/L (recorded as 52000 /mm3)"
+    assert (
+        shown(
+            {"value": 85, "unit": "K/uL", "system": "http://unitsofmeasure.org", "code": "10*3/uL"}
+        )
+        == "85 x10^9/L (recorded as 85 K/uL)"
+    )
+    assert shown({"value": 18, "unit": "10*9/L"}) == "18 x10^9/L"
+    assert shown({"value": 9, "comparator": "<", "unit": "10*9/L"}) == "<9 x10^9/L"
+    assert shown({"value": 52000, "unit": "furlongs"}) == "52000 furlongs"  # as recorded
+    hemoglobin = {"coding": [{"system": "http://loinc.org", "code": "718-7"}]}
+    assert shown({"value": 120, "unit": "g/L"}, hemoglobin) == "120 g/L"
 
 
 def test_a_bad_time_zone_is_refused_naming_the_setting() -> None:

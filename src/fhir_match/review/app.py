@@ -30,6 +30,7 @@ from fhir_match.evaluate.study import configured_studies, load_study
 from fhir_match.review.config import ReviewSettings
 from fhir_match.review.pages import Pages, review_templates
 from fhir_match.review.smart import LaunchError, Smart, current_user
+from fhir_match.screen import load_normaliser
 
 __all__ = ["create_app"]
 
@@ -63,7 +64,8 @@ def create_app(settings: ReviewSettings) -> Starlette:
     )
     smart = Smart(settings, evidence_types) if settings.smart else None
     templates = review_templates(settings.zone)
-    pages = Pages(settings, studies, templates, lambda r: current_user(r, settings))
+    normalisers = {s: load_normaliser(study) for s, study in studies.items()}
+    pages = Pages(settings, studies, templates, lambda r: current_user(r, settings), normalisers)
 
     def failure(request: Request, message: str, status: int) -> Response:
         return pages.render(request, "error.html", status=status, message=message, user=None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +26,7 @@ from fhir_match.errors import FhirError
 from fhir_match.evaluate.study import Study
 from fhir_match.fhir import FhirClient
 from fhir_match.funnel import Funnel
+from fhir_match.normalise import Normaliser
 from fhir_match.records import Json
 from fhir_match.review import reads
 from fhir_match.review.config import ReviewSettings
@@ -98,6 +99,8 @@ class Pages:
     studies: dict[str, Study]
     templates: Jinja2Templates
     user_of: Callable[[Request], User | None]
+    normalisers: Mapping[str, Normaliser]
+    """Each study's normaliser: evidence values in the units the rules read them in."""
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -277,7 +280,9 @@ class Pages:
             )
         medications = {k: v for k, v in found.items() if k.startswith("Medication/")}
         evidence = {
-            ref: describe(found[ref], medications, self.settings.zone)
+            ref: describe(
+                found[ref], medications, self.settings.zone, self.normalisers.get(study.id)
+            )
             if ref in found
             else missing(ref, user.grant.can_read(ref.split("/", 1)[0]))
             for ref in cited
