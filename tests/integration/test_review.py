@@ -375,6 +375,29 @@ def test_a_form_without_its_csrf_token_changes_nothing(
     )
 
 
+def test_ineligible_without_a_reason_is_an_announced_error_and_nothing_is_written(
+    app: App, page: Page, population: Population, fhir: FhirClient
+) -> None:
+    patient = sorted(p for p, o in population.listed.items() if o == "potential-candidate")[0]
+    before = _subject(fhir, patient, population.tag)
+    page.goto(f"{app.url}/studies/kn5501/patients/{patient.split('/')[1]}")
+    page.get_by_role("radio", name="Ineligible", exact=True).check()
+    with page.expect_navigation():
+        page.get_by_role("button", name="Save decision").click()
+
+    alert = page.get_by_role("alert")
+    assert alert.inner_text() == "Not saved: say why the patient is ineligible."
+    assert page.get_by_role("status").count() == 0  # not the box a success is shown in
+    assert page.get_by_role("radio", name="Ineligible", exact=True).is_checked()
+    reason = page.get_by_label("Reason (needed for ineligible)")
+    assert reason.get_attribute("aria-invalid") == "true"
+    assert reason.get_attribute("aria-describedby") == alert.get_attribute("id")
+    assert page.evaluate("() => document.activeElement.id") == "reason"
+    after = _subject(fhir, patient, population.tag)
+    assert after["meta"]["versionId"] == before["meta"]["versionId"]
+    shot(page, "decision-refused")
+
+
 def test_a_conflict_is_shown_and_never_overwritten(
     app: App, page: Page, population: Population, fhir: FhirClient
 ) -> None:
@@ -459,6 +482,27 @@ def test_the_funnel_equals_the_screen_summary_on_the_same_data(
     assert set(removed) == set(expected)
     assert page.get_by_role("img").count() == 1  # the chart, with its own title
     shot(page, "funnel")
+
+
+def test_no_page_is_wider_than_a_phone(app: App, page: Page, population: Population) -> None:
+    """At 390 px nothing scrolls sideways: wide tables scroll inside their own region."""
+    phone = page.context.new_page()
+    phone.set_viewport_size({"width": 390, "height": 844})
+    patient = _a_candidate(population).split("/")[1]
+    pages = {
+        "studies": "/",
+        "candidates": "/studies/kn5501",
+        "patient": f"/studies/kn5501/patients/{patient}",
+        "funnel": "/studies/kn5501/funnel",
+    }
+    try:
+        for name, path in pages.items():
+            phone.goto(f"{app.url}{path}")
+            width = phone.evaluate("() => [document.documentElement.scrollWidth, innerWidth]")
+            assert width[0] <= width[1], (name, width)
+            shot(phone, f"{name}-390")
+    finally:
+        phone.close()
 
 
 # -- leaving -----------------------------------------------------------------------------

@@ -201,6 +201,7 @@ def test_the_review_app_shows_the_complete_runs_funnel_and_flags_the_failed_run(
     process, url = start_app(tmp_path / "app.log", {"FHIR_MATCH_TAG": population.tag})
     try:
         with httpx.Client(base_url=url, timeout=60) as browser:
+            home = browser.get("/")
             study = browser.get("/studies/kn5501")
             funnel = browser.get("/studies/kn5501/funnel.csv")
             funnel_page = browser.get("/studies/kn5501/funnel")
@@ -208,6 +209,7 @@ def test_the_review_app_shows_the_complete_runs_funnel_and_flags_the_failed_run(
         process.terminate()
         process.wait(timeout=30)
 
+    assert "(a later run was failed)" in home.text  # the studies page flags it too
     assert study.status_code == 200
     assert f"The list of the last complete run ({complete_then_failed.id}" in study.text
     assert "A later run was failed" in study.text

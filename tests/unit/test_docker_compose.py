@@ -105,6 +105,7 @@ def test_the_review_app_listens_on_every_address_of_its_container(
     assert not {k for k in given if not k.startswith("FHIR_WRITE_")} - {
         "FHIR_BASE_URL",
         "FHIR_MATCH_TAG",
+        "FHIR_MATCH_TIME_ZONE",
     }
 
 

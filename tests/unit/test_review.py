@@ -3,35 +3,42 @@
 from __future__ import annotations
 
 from datetime import date
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 
 from fhir_match.config import FhirSettings
 from fhir_match.errors import ConfigError
+from fhir_match.evaluate.study import load_study
 from fhir_match.fhir import FhirClient
 from fhir_match.records import Json
 from fhir_match.review.config import ReviewSettings, load_review_settings
 from fhir_match.review.decisions import (
+    DECISIONS,
     EXT_DECISION,
     Coordinator,
     DecisionError,
     decision_history,
     decision_transaction,
+    status_word,
 )
 from fhir_match.review.evidence import describe, grouped, missing
 from fhir_match.review.grants import Grant, requested_scopes
 from fhir_match.review.listing import (
     Snapshot,
+    age_text,
     candidate_rows,
     dropped_since,
     filter_rows,
-    patient_age,
+    patient_ages,
     patient_name,
     snapshot_of,
     sort_rows,
 )
 from fhir_match.review.reads import cited_resources, patients
+from fhir_match.review.times import shown_time
+from fhir_match.screen import load_normaliser
 from fhir_match.writeback import EXT_CRITERION, EXT_MATCH, EXT_OUTCOME, RUN_SYSTEM
 
 # -- scopes -------------------------------------------------------------------------------
@@ -157,7 +164,7 @@ def test_rows_show_status_owner_unknowns_and_changes() -> None:
         ("Patient/b", "new", False, 2),
     ]
     assert rows[0].name == "Lee, Ann"
-    assert rows[0].age == 45
+    assert rows[0].age == (45, 45)
     assert dropped_since(latest, previous) == ["Patient/c"]
     assert [r.change for r in candidate_rows(subjects, {}, latest, None)] == ["first run"] * 2
 
@@ -184,8 +191,63 @@ def test_names_and_ages() -> None:
     assert patient_name({"name": [{"text": "李娜"}]}) == "李娜"
     assert patient_name({"name": [{"family": "X"}, {"use": "official", "family": "Y"}]}) == "Y"
     assert patient_name(None) == ""
-    assert patient_age({"birthDate": "2000-06-02"}, date(2026, 6, 1)) == 25
-    assert patient_age({"birthDate": "2000"}, date(2026, 6, 1)) is None
+    assert patient_ages({"birthDate": "2000-06-02"}, date(2026, 6, 1)) == (25, 25)
+    assert patient_ages({"birthDate": "not a date"}, date(2026, 6, 1)) is None
+    assert age_text(None) == ""
+
+
+def test_a_partial_birth_date_shows_the_ages_it_allows() -> None:
+    """Defect: a year-only birthDate left the age cell empty."""
+    on = date(2026, 6, 1)
+    assert age_text(patient_ages({"birthDate": "1980"}, on)) == "45 or 46"
+    assert age_text(patient_ages({"birthDate": "1980-06"}, on)) == "45 or 46"
+    assert age_text(patient_ages({"birthDate": "1980-05"}, on)) == "46"
+    assert age_text(patient_ages({"birthDate": "2000-02"}, date(2026, 2, 28))) == "25 or 26"
+
+
+def test_unknown_ages_sort_last_in_either_order() -> None:
+    """Defect: sorting by age put the blank ages first."""
+    subjects = [
+        _subject("1", "Patient/a", "candidate", "candidate", "r1", 0),
+        _subject("2", "Patient/b", "candidate", "candidate", "r1", 0),
+        _subject("3", "Patient/c", "candidate", "candidate", "r1", 0),
+    ]
+    people = {"Patient/a": {"birthDate": "1990-01-01"}, "Patient/c": {"birthDate": "1980"}}
+    rows = candidate_rows(subjects, people, None, None)
+    assert [r.patient for r in sort_rows(rows, "age")] == ["Patient/a", "Patient/c", "Patient/b"]
+    assert [r.patient for r in sort_rows(rows, "age", descending=True)] == [
+        "Patient/c",
+        "Patient/a",
+        "Patient/b",
+    ]
+
+
+def test_needs_attention_first_puts_decided_last_and_follows_the_order() -> None:
+    """Defect: in the default sort the order control did nothing and decided patients stayed
+    at the top."""
+    subjects = [
+        _subject("1", "Patient/a", "candidate", "eligible", "r1", 0),
+        _subject("2", "Patient/b", "candidate", "candidate", "r1", 1),
+        _subject("3", "Patient/c", "potential-candidate", "potential-candidate", "r1", 3),
+    ]
+    rows = candidate_rows(subjects, {}, None, None)
+    assert [r.patient for r in sort_rows(rows, "")] == ["Patient/b", "Patient/c", "Patient/a"]
+    assert [r.patient for r in sort_rows(rows, "", descending=True)] == [
+        "Patient/a",
+        "Patient/c",
+        "Patient/b",
+    ]
+
+
+def test_contacted_reads_as_contacted_in_rows_and_filters() -> None:
+    """Defect: "contacted" was stored as screening and shown as "screening" everywhere."""
+    subjects = [_subject("1", "Patient/a", "candidate", "screening", "r1", 0)]
+    rows = candidate_rows(subjects, {}, None, None)
+    assert (rows[0].status, rows[0].decided) == ("contacted", True)
+    assert filter_rows(rows, status="contacted") == rows
+    assert status_word("screening") == "contacted"
+    assert status_word("potential-candidate") == "potential-candidate"
+    assert {status_word(status) for status, _ in DECISIONS.values()} == set(DECISIONS)
 
 
 # -- evidence -----------------------------------------------------------------------------
@@ -247,6 +309,59 @@ def test_a_medication_reference_is_resolved() -> None:
     assert "access" in missing("Procedure/p1", allowed=False).what
 
 
+def _platelets(**when: object) -> Json:
+    return {"resourceType": "Observation", "id": "o", "status": "final", **when}
+
+
+def test_evidence_dates_follow_the_rules_and_the_site_time_zone() -> None:
+    """Defects: an Observation dated by effectiveInstant showed no date; times were shown
+    raw with the record's offset (+08:00) beside history in UTC."""
+    shanghai = ZoneInfo("Asia/Shanghai")
+    assert describe(_platelets(effectiveInstant="2026-04-02T01:30:00Z"), {}).when == (
+        "2026-04-02 01:30 UTC"
+    )
+    assert describe(_platelets(issued="2026-04-02T09:30:00+08:00"), {}).when == (
+        "2026-04-02 01:30 UTC"
+    )
+    both = _platelets(effectiveDateTime="2026-04-01T23:30:00Z", issued="2026-04-03T00:00:00Z")
+    assert describe(both, {}, shanghai).when == "2026-04-02 07:30 CST"
+    period = _platelets(effectivePeriod={"start": "2026-04-02T01:30:00Z"})
+    assert describe(period, {}, shanghai).when == "2026-04-02 09:30 CST"
+    assert describe(_platelets(effectiveDateTime="2026-04-02"), {}, shanghai).when == "2026-04-02"
+    assert shown_time("2026-04-02T09:30:00", shanghai) == "2026-04-02T09:30:00"
+
+
+def test_platelet_counts_read_in_the_studys_unit_beside_the_records() -> None:
+    """Defect: summaries in 10^9/L, evidence in the record's "/mm3" or "10*3/uL"."""
+    normaliser = load_normaliser(load_study("kn5501"))
+    loinc = {"coding": [{"system": "http://loinc.org", "code": "777-3"}]}
+
+    def shown(quantity: Json, code: Json = loinc) -> str:
+        observation = {**_platelets(), "code": code, "valueQuantity": quantity}
+        return describe(observation, {}, normaliser=normaliser).value
+
+    assert shown({"value": 52000, "unit": "/mm3"}) == "52 x10^9/L (recorded as 52000 /mm3)"
+    assert (
+        shown(
+            {"value": 85, "unit": "K/uL", "system": "http://unitsofmeasure.org", "code": "10*3/uL"}
+        )
+        == "85 x10^9/L (recorded as 85 K/uL)"
+    )
+    assert shown({"value": 18, "unit": "10*9/L"}) == "18 x10^9/L"
+    assert shown({"value": 9, "comparator": "<", "unit": "10*9/L"}) == "<9 x10^9/L"
+    assert shown({"value": 52000, "unit": "furlongs"}) == "52000 furlongs"  # as recorded
+    hemoglobin = {"coding": [{"system": "http://loinc.org", "code": "718-7"}]}
+    assert shown({"value": 120, "unit": "g/L"}, hemoglobin) == "120 g/L"
+
+
+def test_a_bad_time_zone_is_refused_naming_the_setting() -> None:
+    with pytest.raises(ConfigError, match="FHIR_MATCH_TIME_ZONE"):
+        load_review_settings({"FHIR_MATCH_TIME_ZONE": "Mars/Olympus"})
+    assert load_review_settings({"FHIR_MATCH_TIME_ZONE": "Asia/Shanghai"}).zone == ZoneInfo(
+        "Asia/Shanghai"
+    )
+
+
 # -- decisions ----------------------------------------------------------------------------
 
 _SUBJECT = {
@@ -281,8 +396,9 @@ def test_ineligible_needs_a_reason_and_decisions_are_known() -> None:
     who = Coordinator("", "local user")
     with pytest.raises(DecisionError, match="why"):
         decision_transaction(_SUBJECT, "ineligible", "  ", who, "2026-11-25")
-    with pytest.raises(DecisionError, match="unknown"):
+    with pytest.raises(DecisionError, match="choose") as unknown:
         decision_transaction(_SUBJECT, "enrolled", "", who, "2026-11-25")
+    assert unknown.value.field == "decision"
     bundle = decision_transaction(
         _SUBJECT, "ineligible", "moved away", who, "2026-11-25", tag="demo"
     )

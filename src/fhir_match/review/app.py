@@ -21,7 +21,6 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.templating import Jinja2Templates
 from starsessions import SessionAutoloadMiddleware, SessionMiddleware
 from starsessions.stores.redis import RedisStore
 
@@ -29,8 +28,9 @@ from fhir_match.errors import ConfigError, FhirError
 from fhir_match.evaluate.engine import retrieved_types, translate_cql
 from fhir_match.evaluate.study import configured_studies, load_study
 from fhir_match.review.config import ReviewSettings
-from fhir_match.review.pages import Pages
+from fhir_match.review.pages import Pages, review_templates
 from fhir_match.review.smart import LaunchError, Smart, current_user
+from fhir_match.screen import load_normaliser
 
 __all__ = ["create_app"]
 
@@ -63,8 +63,9 @@ def create_app(settings: ReviewSettings) -> Starlette:
         for t in retrieved_types(study.library, study.library_version)
     )
     smart = Smart(settings, evidence_types) if settings.smart else None
-    templates = Jinja2Templates(directory=HERE / "templates")
-    pages = Pages(settings, studies, templates, lambda r: current_user(r, settings))
+    templates = review_templates(settings.zone)
+    normalisers = {s: load_normaliser(study) for s, study in studies.items()}
+    pages = Pages(settings, studies, templates, lambda r: current_user(r, settings), normalisers)
 
     def failure(request: Request, message: str, status: int) -> Response:
         return pages.render(request, "error.html", status=status, message=message, user=None)

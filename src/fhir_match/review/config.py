@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fhir_match.config import (
     DEFAULT_FHIR_BASE_URL,
@@ -52,6 +53,8 @@ class ReviewSettings:
     store: FhirSettings | None = None
     """The write store discovery writes the lists to (FHIR_WRITE_URL), reached with its own
     settings, server-side; None: the lists are in the EHR, read with the user's token."""
+    time_zone: str = "UTC"
+    """The site's IANA time zone: every time on the pages is shown in it."""
 
     def __post_init__(self) -> None:
         for name, url in (("FHIR_BASE_URL", self.fhir_base_url), ("public URL", self.base)):
@@ -66,6 +69,17 @@ class ReviewSettings:
             )
         if self.session_hours <= 0:
             raise ConfigError("FHIR_MATCH_REVIEW_SESSION_HOURS must be a positive number")
+        try:
+            ZoneInfo(self.time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(
+                f"FHIR_MATCH_TIME_ZONE must be an IANA time zone such as Asia/Shanghai, "
+                f"got {self.time_zone!r}"
+            ) from None
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.time_zone)
 
     @property
     def smart(self) -> bool:
@@ -129,4 +143,5 @@ def load_review_settings(
         tag=env.get("FHIR_MATCH_TAG", ""),
         research_studies=research_study_ids(env),
         store=load_write_store(env),
+        time_zone=env.get("FHIR_MATCH_TIME_ZONE") or "UTC",
     )

@@ -2,7 +2,9 @@
 when, and the history read back. Pure: the transaction is planned here and sent elsewhere.
 
 R4's ResearchSubject.status has no "contacted"; contacting someone is part of screening,
-so it is written as ``screening`` and the decision itself is kept in an extension.
+so it is written as ``screening`` and the decision itself is kept in an extension. The
+coordinator reads their own word back everywhere (``status_word``): DECISIONS is the one
+mapping between the two, and the README's review section lists it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ __all__ = [
     "DecisionError",
     "decision_history",
     "decision_transaction",
+    "status_word",
 ]
 
 EXT_DECISION = STRUCTURE + "coordinator-decision"
@@ -36,12 +39,26 @@ DECISIONS: dict[str, tuple[str, str]] = {
 }
 """Decision -> (ResearchSubject.status, label)."""
 
+_WORDS = {status: decision for decision, (status, _) in DECISIONS.items()}
+
+
+def status_word(status: str) -> str:
+    """A ResearchSubject.status in the coordinator's words: ``screening`` is "contacted";
+    the statuses fhir-match sets (candidate, potential-candidate) read as they are."""
+    return _WORDS.get(status, status)
+
+
 _PARTICIPANT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 _OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
 
 
 class DecisionError(ValueError):
-    """A decision the form should not have sent (unknown, or ineligible without a reason)."""
+    """A decision the form should not have sent (unknown, or ineligible without a reason);
+    ``field`` names the form field to fix."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -73,10 +90,10 @@ def decision_transaction(
     """The subject with its new status, sent only if nobody changed it since it was read
     (If-Match), and the Provenance naming the coordinator, in one transaction."""
     if decision not in DECISIONS:
-        raise DecisionError(f"unknown decision {decision!r}")
+        raise DecisionError("choose one of the decisions", "decision")
     reason = reason.strip()
     if decision == "ineligible" and not reason:
-        raise DecisionError("say why the patient is ineligible")
+        raise DecisionError("say why the patient is ineligible", "reason")
     status, label = DECISIONS[decision]
     updated = copy.deepcopy(subject)
     tags = (subject.get("meta") or {}).get("tag")

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo
 
+from fhir_match.normalise import Normaliser
 from fhir_match.records import Json
+from fhir_match.review.times import shown_time
+from fhir_match.units import UnitProblem, normalise_quantity
 
 __all__ = ["Evidence", "EvidenceGroup", "coding_text", "describe", "grouped", "missing"]
 
@@ -27,6 +31,7 @@ SYSTEMS = {
 _DATES = (
     "effectiveDateTime",
     "effectivePeriod",
+    "effectiveInstant",
     "performedDateTime",
     "performedPeriod",
     "onsetDateTime",
@@ -38,6 +43,10 @@ _DATES = (
     "issued",
     "birthDate",
 )
+"""Where a resource's date is, in the order the rules read them (Records.cql: an
+Observation's effective dateTime, period start, instant, then issued)."""
+
+UTC = ZoneInfo("UTC")
 
 
 @dataclass(frozen=True)
@@ -67,14 +76,15 @@ def _concept(concept: Json | None) -> tuple[str, tuple[str, ...]]:
     return str(name or ""), tuple(coding_text(c) for c in codings)
 
 
-def _when(resource: Json) -> str:
+def _when(resource: Json, zone: ZoneInfo) -> str:
     for key in _DATES:
         value = resource.get(key)
         if isinstance(value, dict):
-            start, end = value.get("start", ""), value.get("end", "")
-            return f"{start} to {end}" if start and end and start != end else str(start or end)
+            start = shown_time(str(value.get("start") or ""), zone)
+            end = shown_time(str(value.get("end") or ""), zone)
+            return f"{start} to {end}" if start and end and start != end else start or end
         if value:
-            return str(value)
+            return shown_time(str(value), zone)
     return ""
 
 
@@ -84,9 +94,52 @@ def _quantity(quantity: Json) -> str:
     return f"{comparator}{quantity.get('value', '')} {unit}".strip()
 
 
-def _value(resource: Json) -> str:
+def _shown_unit(ucum: str) -> str:
+    """A UCUM power of ten as the summaries write it: 10*9/L as x10^9/L."""
+    return ucum.replace("10*", "x10^")
+
+
+def _canonical(resource: Json, normaliser: Normaliser | None) -> str:
+    """A platelet count in the study's canonical unit, as the rules read it; empty when the
+    resource is no platelet count or its unit does not convert (the record's value stands)."""
+    quantity = resource.get("valueQuantity")
+    if normaliser is None or not isinstance(quantity, dict):
+        return ""
+    codings = [c for c in (resource.get("code") or {}).get("coding") or [] if isinstance(c, dict)]
+    if not any(
+        isinstance(c.get("system"), str)
+        and isinstance(c.get("code"), str)
+        and normaliser.platelet_value_set
+        in normaliser.terminology.value_sets_of(c["system"], c["code"])
+        for c in codings
+    ):
+        return ""
+    value = quantity.get("value")
+    converted = normalise_quantity(
+        normaliser.platelet_units,
+        value if isinstance(value, int | float) and not isinstance(value, bool) else None,
+        quantity.get("unit"),
+        quantity.get("code"),
+        quantity.get("system"),
+    )
+    if isinstance(converted, UnitProblem):
+        return ""
+    number = format(converted.normalize(), "f")
+    unit = _shown_unit(normaliser.platelet_units.canonical)
+    return f"{quantity.get('comparator', '')}{number} {unit}"
+
+
+def _value(resource: Json, normaliser: Normaliser | None) -> str:
+    """The value; a measure the study reads in a canonical unit shown in it first, with the
+    record's own value and unit beside it when they differ."""
     if isinstance(resource.get("valueQuantity"), dict):
-        return _quantity(resource["valueQuantity"])
+        recorded = _quantity(resource["valueQuantity"])
+        canonical = _canonical(resource, normaliser)
+        if not canonical:
+            return recorded
+        if canonical == _shown_unit(recorded):
+            return canonical
+        return f"{canonical} (recorded as {recorded})"
     if isinstance(resource.get("valueCodeableConcept"), dict):
         return _concept(resource["valueCodeableConcept"])[0]
     for key in ("valueString", "valueInteger", "valueBoolean", "conclusion"):
@@ -132,8 +185,14 @@ def _medication(resource: Json, medications: Mapping[str, Json]) -> tuple[str, t
     return name, codes
 
 
-def describe(resource: Json, medications: Mapping[str, Json]) -> Evidence:
-    """One evidence resource in a reviewer's words."""
+def describe(
+    resource: Json,
+    medications: Mapping[str, Json],
+    zone: ZoneInfo = UTC,
+    normaliser: Normaliser | None = None,
+) -> Evidence:
+    """One evidence resource in a reviewer's words, its times in the site's ``zone``, its
+    measures in the study's units (``normaliser``: the study's, as discovery uses it)."""
     kind = str(resource.get("resourceType"))
     reference = f"{kind}/{resource.get('id')}"
     if kind.startswith("Medication") and kind != "Medication":
@@ -155,8 +214,8 @@ def describe(resource: Json, medications: Mapping[str, Json]) -> Evidence:
         reference=reference,
         kind=words.get(kind, kind),
         what=what or "(not named in the record)",
-        when=_when(resource),
-        value=_value(resource),
+        when=_when(resource, zone),
+        value=_value(resource, normaliser),
         codes=codes,
         status=_status(resource) if kind != "Patient" else "",
     )

@@ -3,11 +3,13 @@ changed since the previous run. Pure: subjects, patients and run snapshots in, r
 
 from __future__ import annotations
 
+import calendar
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 
 from fhir_match.records import Json
+from fhir_match.review.decisions import status_word
 from fhir_match.writeback import (
     EXT_OUTCOME,
     LISTED,
@@ -22,10 +24,11 @@ __all__ = [
     "SORT_KEYS",
     "Row",
     "Snapshot",
+    "age_text",
     "candidate_rows",
     "dropped_since",
     "filter_rows",
-    "patient_age",
+    "patient_ages",
     "patient_name",
     "snapshot_of",
     "sort_rows",
@@ -73,10 +76,12 @@ class Row:
     """``Patient/<id>``."""
     name: str
     birth_date: str
-    age: int | None
+    age: tuple[int, int] | None
+    """Youngest and oldest age the birth date allows (equal for a full date)."""
     gender: str
     outcome: str
     status: str
+    """In the coordinator's words ("contacted", not ResearchSubject's ``screening``)."""
     decided: bool
     """The status is a coordinator's, not the one fhir-match set."""
     unknown: int
@@ -84,6 +89,10 @@ class Row:
     change: str
     """Since the previous run: new, was <outcome>, evidence updated, unchanged, first run."""
     as_of: str
+
+    @property
+    def age_text(self) -> str:
+        return age_text(self.age)
 
 
 def patient_name(patient: Json | None) -> str:
@@ -98,13 +107,36 @@ def patient_name(patient: Json | None) -> str:
     return ", ".join(p for p in (name.get("family", ""), given) if p)
 
 
-def patient_age(patient: Json | None, on: date) -> int | None:
-    birth = str((patient or {}).get("birthDate") or "")
+def _whole_years(born: date, on: date) -> int:
+    return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
+
+
+def patient_ages(patient: Json | None, on: date) -> tuple[int, int] | None:
+    """The youngest and oldest age on ``on`` that the birth date allows: a year or a month
+    alone leaves two (what the record knows is shown rather than nothing)."""
+    birth = str((patient or {}).get("birthDate") or "")[:10]
+    parts = birth.split("-")
     try:
-        born = date.fromisoformat(birth[:10])
+        year = int(parts[0])
+        if len(parts) == 1:
+            first, last = date(year, 1, 1), date(year, 12, 31)
+        elif len(parts) == 2:
+            month = int(parts[1])
+            first = date(year, month, 1)
+            last = date(year, month, calendar.monthrange(year, month)[1])
+        else:
+            first = last = date.fromisoformat(birth)
     except ValueError:
         return None
-    return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
+    return _whole_years(last, on), _whole_years(first, on)
+
+
+def age_text(ages: tuple[int, int] | None) -> str:
+    """ "44", or "45 or 46" for a partial birth date; empty when unknown."""
+    if ages is None:
+        return ""
+    youngest, oldest = ages
+    return str(youngest) if youngest == oldest else f"{youngest} or {oldest}"
 
 
 def _change(patient: str, run: str, latest: Snapshot | None, previous: Snapshot | None) -> str:
@@ -149,10 +181,10 @@ def candidate_rows(
                 patient=patient,
                 name=patient_name(resource),
                 birth_date=str((resource or {}).get("birthDate") or ""),
-                age=patient_age(resource, on),
+                age=patient_ages(resource, on),
                 gender=str((resource or {}).get("gender") or ""),
                 outcome=outcome,
-                status=status,
+                status=status_word(status),
                 decided=status != match.get("status"),
                 unknown=sum(1 for c in criteria_of(subject) if c.result == "unknown"),
                 change=_change(patient, str(match.get("run") or ""), latest, previous),
@@ -173,17 +205,19 @@ SORT_KEYS = ("name", "outcome", "status", "unknown", "change", "age")
 
 
 def sort_rows(rows: Sequence[Row], key: str, descending: bool = False) -> list[Row]:
-    """By one column, then by name so equal rows keep a stable order; unknown keys sort by
-    the default: candidates first, then most unknown criteria."""
-    if key not in SORT_KEYS:
-        return sorted(rows, key=lambda r: (r.outcome != "candidate", -r.unknown, r.name))
+    """By one column, then by name so equal rows keep a stable order; rows without a value
+    (an unknown age) go last either way. Unknown keys sort by the default, "needs attention
+    first": undecided before decided, candidates first, then most unknown criteria."""
     by_name = sorted(rows, key=lambda r: (r.name, r.patient))
-
-    def value(row: Row) -> tuple[int, object]:
-        v = getattr(row, key)
-        return (1, 0) if v is None else (0, v)
-
-    return sorted(by_name, key=value, reverse=descending)
+    if key not in SORT_KEYS:
+        return sorted(
+            by_name,
+            key=lambda r: (r.decided, r.outcome != "candidate", -r.unknown),
+            reverse=descending,
+        )
+    known = [r for r in by_name if getattr(r, key) is not None]
+    blank = [r for r in by_name if getattr(r, key) is None]
+    return [*sorted(known, key=lambda r: getattr(r, key), reverse=descending), *blank]
 
 
 def filter_rows(

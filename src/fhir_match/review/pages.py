@@ -8,22 +8,25 @@ from __future__ import annotations
 import csv
 import io
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
-from fhir_match.candidates import RUNS_LOOKED_AT, list_source
+from fhir_match.candidates import RUNS_LOOKED_AT
 from fhir_match.config import FhirSettings, research_study_setting
 from fhir_match.errors import FhirError
 from fhir_match.evaluate.study import Study
 from fhir_match.fhir import FhirClient
 from fhir_match.funnel import Funnel
+from fhir_match.normalise import Normaliser
 from fhir_match.records import Json
 from fhir_match.review import reads
 from fhir_match.review.config import ReviewSettings
@@ -33,21 +36,25 @@ from fhir_match.review.decisions import (
     DecisionError,
     decision_history,
     decision_transaction,
+    status_word,
 )
 from fhir_match.review.evidence import describe, grouped, missing
 from fhir_match.review.listing import (
     SORT_KEYS,
     Snapshot,
+    age_text,
     candidate_rows,
     dropped_since,
     filter_rows,
-    patient_age,
+    patient_ages,
     patient_name,
     snapshot_of,
     sort_rows,
 )
 from fhir_match.review.smart import User
+from fhir_match.review.times import shown_time
 from fhir_match.writeback import (
+    RecordedRun,
     criteria_of,
     ehr_local,
     ehr_reference,
@@ -62,9 +69,28 @@ from fhir_match.writeback import (
     run_state_of,
 )
 
-__all__ = ["Pages"]
+__all__ = ["Invalid", "Pages", "review_templates"]
 
 PAGE_TIMEOUT_S = 20.0
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def review_templates(zone: ZoneInfo) -> Jinja2Templates:
+    """The pages' templates, with ``local``: any time shown in the site's ``zone``."""
+    templates = Jinja2Templates(directory=TEMPLATES)
+    templates.env.filters["local"] = lambda value: shown_time(str(value or ""), zone)
+    return templates
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """A decision the form sent that cannot be saved: why, the field to fix, and what the
+    coordinator chose and wrote (kept on the page they get back)."""
+
+    message: str
+    field: str
+    decision: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -73,6 +99,8 @@ class Pages:
     studies: dict[str, Study]
     templates: Jinja2Templates
     user_of: Callable[[Request], User | None]
+    normalisers: Mapping[str, Normaliser]
+    """Each study's normaliser: evidence values in the units the rules read them in."""
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -104,7 +132,7 @@ class Pages:
         context.setdefault("user", self.user_of(request))
         context["csrf"] = request.session.get("csrf", "")
         context["smart"] = self.settings.smart
-        context["flash"] = request.session.pop("flash", "")
+        context["flash"] = request.session.pop("flash", None)
         return self.templates.TemplateResponse(request, template, context, status_code=status)
 
     def csrf_ok(self, request: Request, sent: str) -> bool:
@@ -141,7 +169,8 @@ class Pages:
                     if ref and user.grant.can_read("ResearchSubject")
                     else []
                 )
-                source = list_source(store, ref, self.settings.tag) if ref else None
+                groups = run_groups(store, ref, self.settings.tag, RUNS_LOOKED_AT) if ref else []
+                source = _source_context(groups, self.settings.zone)
                 overview.append(
                     {
                         "study": study,
@@ -149,8 +178,8 @@ class Pages:
                         "candidates": sum(r.outcome == "candidate" for r in rows),
                         "potential": sum(r.outcome == "potential-candidate" for r in rows),
                         "decided": sum(r.decided for r in rows),
-                        "last_run": source.complete.recorded if source and source.complete else "",
-                        "later": source.later if source else (),
+                        "last_run": source["complete"].recorded if source["complete"] else "",
+                        "later": source["later"],
                     }
                 )
         return self.render(request, "studies.html", overview=overview)
@@ -209,10 +238,17 @@ class Pages:
             query=dict(query),
             sort_keys=SORT_KEYS,
             has_run=bool(groups),
-            **_source_context(groups),
+            **_source_context(groups, self.settings.zone),
         )
 
-    def patient(self, request: Request, conflict: dict[str, Any] | None = None) -> Response:
+    def patient(
+        self,
+        request: Request,
+        conflict: dict[str, Any] | None = None,
+        invalid: Invalid | None = None,
+    ) -> Response:
+        """A patient's page; after a refused decision (``conflict``, ``invalid``) with the
+        reason, the coordinator's choice kept."""
         user = self._signed_in(request)
         if isinstance(user, Response):
             return user
@@ -244,7 +280,9 @@ class Pages:
             )
         medications = {k: v for k, v in found.items() if k.startswith("Medication/")}
         evidence = {
-            ref: describe(found[ref], medications)
+            ref: describe(
+                found[ref], medications, self.settings.zone, self.normalisers.get(study.id)
+            )
             if ref in found
             else missing(ref, user.grant.can_read(ref.split("/", 1)[0]))
             for ref in cited
@@ -257,16 +295,18 @@ class Pages:
         )
         match = match_of(subject)
         as_of = str(match.get("asOf") or "")
+        on = datetime.fromisoformat(as_of).date() if as_of else None
         return self.render(
             request,
             "patient.html",
-            status=409 if conflict else 200,
+            status=409 if conflict else 422 if invalid else 200,
             study=study,
             subject=subject,
             patient_id=patient_id,
             name=patient_name(person) or f"Patient/{patient_id}",
             person=person,
-            age=patient_age(person, datetime.fromisoformat(as_of).date()) if as_of else None,
+            age=age_text(patient_ages(person, on)) if on else "",
+            status_shown=status_word(str(subject.get("status") or "")),
             match=match,
             criteria=needs_human,
             titles=titles,
@@ -275,6 +315,7 @@ class Pages:
             decisions=DECISIONS,
             can_decide=user.grant.can_decide(),
             conflict=conflict,
+            invalid=invalid,
         )
 
     async def decide(self, request: Request) -> Response:
@@ -309,8 +350,9 @@ class Pages:
                 return self.render(request, "error.html", status=404, message="No such subject.")
             seen = fields.get("version", "")
             current = str((subject.get("meta") or {}).get("versionId") or "")
+            conflict = {"status": status_word(str(subject.get("status") or ""))}
             if seen != current:
-                return self.patient(request, conflict={"status": subject.get("status")})
+                return self.patient(request, conflict=conflict)
             try:
                 bundle = decision_transaction(
                     subject,
@@ -321,20 +363,25 @@ class Pages:
                     self.settings.tag,
                 )
             except DecisionError as exc:
-                request.session["flash"] = f"Not saved: {exc}."
-                return RedirectResponse(page, status_code=303)
+                chosen = Invalid(
+                    str(exc), exc.field, fields.get("decision", ""), fields.get("reason", "")
+                )
+                return self.patient(request, invalid=chosen)
             try:
                 client.transaction(bundle)
             except FhirError as exc:
                 if exc.status in (409, 412):
-                    return self.patient(request, conflict={"status": subject.get("status")})
+                    return self.patient(request, conflict=conflict)
                 if exc.status is None or exc.status >= 500:
                     raise
                 # Refused as invalid: the coordinator sees why (the server's own words).
-                request.session["flash"] = f"Not saved: the FHIR server refused it ({exc.outcome})."
+                request.session["flash"] = {
+                    "text": f"Not saved: the FHIR server refused it ({exc.outcome}).",
+                    "error": True,
+                }
                 return RedirectResponse(page, status_code=303)
         label = DECISIONS[fields["decision"]][1]
-        request.session["flash"] = f"Saved: {label}."
+        request.session["flash"] = {"text": f"Saved: {label}.", "error": False}
         return RedirectResponse(page, status_code=303)
 
     def _latest_funnel(
@@ -364,9 +411,11 @@ class Pages:
             study=study,
             funnel=funnel,
             steps=funnel_steps(funnel, study) if funnel else [],
-            run=(group.get("meta") or {}).get("lastUpdated", "")[:16],
+            run=shown_time(
+                str((group.get("meta") or {}).get("lastUpdated") or ""), self.settings.zone
+            ),
             run_name=group.get("name", ""),
-            later=_source_context(groups)["later"],
+            later=_source_context(groups, self.settings.zone)["later"],
         )
 
     def funnel_csv(self, request: Request) -> Response:
@@ -397,14 +446,20 @@ class Pages:
         )
 
 
-def _source_context(groups: list[Json]) -> dict[str, Any]:
+def _source_context(groups: list[Json], zone: ZoneInfo) -> dict[str, Any]:
     """What the pages say about where the list comes from: the last complete run (with its
-    funnel) and the later partial or failed runs, newest first."""
+    funnel) and the later partial or failed runs, newest first; when, in the site's zone."""
     complete, later = last_complete(groups)
     return {
-        "complete": recorded_run(complete) if complete else None,
-        "later": [recorded_run(g) for g in later],
+        "complete": _run_shown(complete, zone) if complete else None,
+        "later": [_run_shown(g, zone) for g in later],
     }
+
+
+def _run_shown(group: Json, zone: ZoneInfo) -> RecordedRun:
+    """A run as recorded, its time in the site's zone (the record keeps the server's)."""
+    when = str((group.get("meta") or {}).get("lastUpdated") or "")
+    return replace(recorded_run(group), recorded=shown_time(when, zone))
 
 
 def _step(
