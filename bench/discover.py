@@ -12,7 +12,16 @@ runs discovery of KN5501 over that tag in five ways, on the same data, one after
 - ours (in-process): the same steps, 100 patients a batch, in one process;
 - naive: the same steps one patient at a time (one search per patient per resource type);
 - lower bound: only the cohort search and the record searches, no evaluation or write-back;
-- bulk (worker): the pipeline with one Bulk Data ``$export`` instead of searches.
+- bulk (worker): the pipeline with one Bulk Data ``$export`` instead of searches;
+- group-export and patient-list (worker, strict EHR): the ways a hospital's EHR allows,
+  through the strict EHR proxy of the tests (tests/strict_ehr.py: one patient per clinical
+  search, Group export only, research resources read-only, internal-host links) in front
+  of the same server, writing to a write store of the benchmark's own (a second HAPI on
+  port 8091, data under ``--out``, stopped and removed at the end): a group export of the
+  population's Group, then an incremental one right after (the nightly steady state), and
+  the Group read as a registry one patient at a time. Their requests are the EHR's (the
+  proxy's count; the store's writes are not counted), and a refused request stops the
+  benchmark.
 
 It prints wall time, patients per second, HTTP requests per ITP patient (the cohort found)
 and peak memory (VmHWM) of each, the HAPI server's memory, and the ratios against the goals:
@@ -50,6 +59,7 @@ import redis
 from latency import DelayProxy
 
 from fhir_match.config import PROJECT_DIR, load_settings
+from fhir_match.errors import FhirError
 from fhir_match.fhir import FhirClient
 from fhir_match.seed import seed, state_path
 from fhir_match.synth import generate
@@ -74,6 +84,10 @@ NAIVE = "naive (in-process)"
 LOWER = "lower bound (in-process)"
 BULK_FIRST = "bulk (worker, first)"
 BULK = "bulk (worker)"
+GROUP_EXPORT = "group-export (strict EHR)"
+GROUP_INCREMENTAL = "group-export incr. (strict EHR)"
+PATIENT_LIST = "patient-list (strict EHR)"
+WRITE_STORE_PORT = 8091
 
 
 def population_seed(size: int, seed_: int) -> int:
@@ -99,15 +113,25 @@ def population(size: int, seed_: int, out: Path) -> Path:
 def load(client: FhirClient, folder: Path, size: int, tag: str) -> float:
     """Load the population into the server under ``tag``; seconds it took (0 if loaded)."""
     state = state_path(PROJECT_DIR / "var" / "seed", tag)
-    if state.exists() and len(set(state.read_text().split())) >= size:
+    loaded = state.exists() and len(set(state.read_text().split())) >= size
+    if loaded and _has_group(client, tag):
         return 0.0
     started = time.perf_counter()
     for _ in range(SEED_ATTEMPTS):
-        summary = seed(client, [folder / "fhir"], tag, state)
+        # with its Group (id: the tag), the population a hospital provisions
+        summary = seed(client, [folder / "fhir"], tag, state, group=tag)
         if not summary.failed and summary.patients >= size:
             return time.perf_counter() - started
         print(f"  seeding {tag}: {len(summary.failed)} patients failed, resuming", flush=True)
     raise SystemExit(f"seeding {tag} failed: {summary.failed[:3]}")
+
+
+def _has_group(client: FhirClient, tag: str) -> bool:
+    try:
+        client.read_json("Group", tag)
+    except FhirError:
+        return False
+    return True
 
 
 def _status_mb(pid: int, field: str) -> float:
@@ -272,12 +296,16 @@ class Worker:
         self.log.close()
 
 
-def worker_run(store: redis.Redis, worker: Worker, fetch: str, tag: str) -> dict[str, Any]:
-    """One discovery run through the worker, timed from sending the task to the run's end."""
+def worker_run(
+    store: redis.Redis, worker: Worker, fetch: str, tag: str, **options: Any
+) -> dict[str, Any]:
+    """One discovery run through the worker, timed from sending the task to the run's end;
+    ``options`` go to the task (a cohort source, a mode)."""
     from worker.runs import FINAL, State, load_run
     from worker.tasks import discover
 
     kwargs = {"study_id": STUDY, "as_of": AS_OF, "mode": "full", "tag": tag, "fetch": fetch}
+    kwargs |= options
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while True:
         started = time.perf_counter()
@@ -305,6 +333,7 @@ def worker_run(store: redis.Redis, worker: Worker, fetch: str, tag: str) -> dict
         + batches.get("updated", 0)
         + run["result"]["left_cohort"],
         "failures": len(batches["failures"]) + batches.get("failed_batches", 0),
+        "evaluated": batches.get("evaluated", 0),
         "run": run_id,
     }
 
@@ -328,6 +357,72 @@ def worker_modes(
     return [first, repeat]
 
 
+def hospital_modes(
+    store: redis.Redis, tag: str, log: Path, upstream: str, write_store: str, itp: int
+) -> dict[str, dict[str, Any]]:
+    """The group-export (first, then incremental) and patient-list runs through the strict
+    EHR proxy, writing to the write store, in one fresh worker. ``itp``: the cohort the
+    search way found, so that requests per ITP patient compare across ways."""
+    sys.path.insert(0, str(ROOT))  # the tests' strict EHR, for a benchmark run from bench/
+    from tests.strict_ehr import StrictEhr
+
+    cohorts: dict[str, dict[str, Any]] = {
+        GROUP_EXPORT: {"cohort": {"source": "group-export", "group": tag}},
+        GROUP_INCREMENTAL: {
+            "cohort": {"source": "group-export", "group": tag},
+            "mode": "incremental",
+        },
+        PATIENT_LIST: {"cohort": {"source": "patient-list", "patient_list": f"Group/{tag}"}},
+    }
+    results: dict[str, dict[str, Any]] = {}
+    with StrictEhr(upstream, lifetime_s=4 * RUN_TIMEOUT_S) as ehr:
+        env = {"FHIR_BASE_URL": ehr.base_url, "FHIR_FOREIGN_LINKS": "rewrite"}
+        worker = Worker.start(log, {**env, "FHIR_WRITE_URL": write_store})
+        try:
+            for label, options in cohorts.items():
+                asked, refused = ehr.requests, ehr.refusals
+                figures = worker_run(store, worker, "search", tag, **options)
+                if ehr.refusals != refused:
+                    raise SystemExit(f"{label}: the strict EHR refused {dict(ehr.refused)}")
+                figures["requests"] = ehr.requests - asked
+                figures["screened"] = figures["cohort"]  # the export's cohort, or the registry
+                figures["cohort"] = itp
+                results[label] = figures
+            memory = worker.memory()
+        finally:
+            worker.stop()
+    for figures in results.values():
+        figures.update(memory)
+        figures["memory"] = (
+            f"pool+node {memory['largest_pool_mb']:.0f}, all {memory['tree_mb']:.0f}"
+        )
+    return results
+
+
+class WriteStore:
+    """A second HAPI server (the stack's launcher, another port and folder) that accepts
+    references to the EHR's resources: where the hospital ways write their lists."""
+
+    def __init__(self, folder: Path) -> None:
+        self.env = {
+            **os.environ,
+            "FHIR_PORT": str(WRITE_STORE_PORT),
+            "FHIR_DATA_DIR": str(folder),
+            "FHIR_ALLOW_EXTERNAL_REFERENCES": "true",
+        }
+        self.folder = folder
+        self.base_url = f"http://127.0.0.1:{WRITE_STORE_PORT}/fhir"
+
+    def __enter__(self) -> WriteStore:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        subprocess.run([str(ROOT / "scripts" / "fhir-server"), "start"], env=self.env, check=True)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        subprocess.run([str(ROOT / "scripts" / "fhir-server"), "stop"], env=self.env, check=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 # --- one size, all modes ----------------------------------------------------------------
 
 
@@ -342,7 +437,9 @@ def proxied(base_url: str, port: int) -> str:
     return urlunsplit(parts._replace(netloc=f"127.0.0.1:{port}"))
 
 
-def measure(size: int, seed_: int, out: Path, latency_ms: float = 0) -> dict[str, Any]:
+def measure(
+    size: int, seed_: int, out: Path, write_store: str, latency_ms: float = 0
+) -> dict[str, Any]:
     settings = load_settings()
     started = time.perf_counter()
     folder = population(size, seed_, out)
@@ -380,6 +477,10 @@ def measure(size: int, seed_: int, out: Path, latency_ms: float = 0) -> dict[str
     search_modes({}, 0)
     before = _status_mb(hapi, "VmRSS")
     record([BULK_FIRST, BULK], worker_modes(store, "bulk", tag, log, {}), before)
+    before = _status_mb(hapi, "VmRSS")
+    itp = modes[SEARCH]["cohort"]
+    hospital = hospital_modes(store, tag, log, settings.fhir.base_url, write_store, itp)
+    record(list(hospital), list(hospital.values()), before)
     if latency_ms:
         target = urlsplit(settings.fhir.base_url)
         with DelayProxy(target.hostname or "127.0.0.1", target.port or 80, latency_ms) as proxy:
@@ -438,6 +539,11 @@ def ratios(result: dict[str, Any]) -> list[tuple[str, float, str]]:
     rows.append(("(c) bulk / search, time (worker, repeat runs)", s(BULK) / s(SEARCH), ""))
     requests = m[BULK]["requests"] / max(m[SEARCH]["requests"], 1)
     rows.append(("(c) bulk / search, requests", requests, ""))
+    for way in (GROUP_EXPORT, GROUP_INCREMENTAL, PATIENT_LIST):
+        if way in m:
+            rows.append((f"(d) {way} / ours (worker, first), time", s(way) / s(SEARCH_FIRST), ""))
+            asked = m[way]["requests"] / max(m[SEARCH_FIRST]["requests"], 1)
+            rows.append((f"(d) {way} / ours (worker, first), requests", asked, ""))
     return rows
 
 
@@ -519,12 +625,15 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")] + ([50_000] if args.large else [])
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
-    for size in sizes:
-        results.append(measure(size, args.seed, args.out, args.latency_ms))
-        report(results[-1])
-        # Written after each size, so a long run leaves what it has measured so far.
-        (args.out / "discover.json").write_text(json.dumps(results, indent=2) + "\n")
-        plot(results, args.out / "discover-cost.png")
+    with WriteStore(args.out / "write-store") as write_store:
+        for size in sizes:
+            results.append(
+                measure(size, args.seed, args.out, write_store.base_url, args.latency_ms)
+            )
+            report(results[-1])
+            # Written after each size, so a long run leaves what it has measured so far.
+            (args.out / "discover.json").write_text(json.dumps(results, indent=2) + "\n")
+            plot(results, args.out / "discover-cost.png")
     print(f"\nfigures: {args.out / 'discover.json'}, plot: {args.out / 'discover-cost.png'}")
 
 
