@@ -4,6 +4,7 @@ limit on an injected clock, and 429 honoured."""
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,25 +17,28 @@ import pytest
 from fhir_match import patient_list
 from fhir_match.config import FhirSettings, load_settings
 from fhir_match.errors import ConfigError
-from fhir_match.evaluate.study import load_study
 from fhir_match.exported import CohortRule
 from fhir_match.fetch import record_searches
 from fhir_match.fhir import FhirClient
 from fhir_match.fhir.client import process_rate_limit
 from fhir_match.fhir.transport import RateLimit
 from fhir_match.patient_list import fetch_cohort, registry
-from fhir_match.screen import load_normaliser
+from fhir_match.runtime import study_setup
 
 BASE = "http://ehr.test/fhir"
 ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 ATC = "http://www.whocc.no/atc"
 ROMIPLOSTIM = "B02BX04"
-STUDY = load_study("kn5501")
-RULE = CohortRule.of(STUDY, load_normaliser(STUDY).terminology)
 SEARCHES = record_searches(["Condition", "Observation", "MedicationRequest"])
 
 Handler = Callable[[httpx.Request], httpx.Response]
+
+
+@functools.cache
+def _rule() -> CohortRule:
+    """KN5501's cohort rule (its CQL translated first: a fresh clone has none yet)."""
+    return study_setup("kn5501").cohort_rule
 
 
 def _bundle(resources: list[dict[str, Any]], next_url: str | None = None) -> dict[str, Any]:
@@ -142,7 +146,7 @@ def _ids(record: Any) -> list[str]:
 def test_the_cohort_is_found_first_and_only_its_records_are_read(ehr: FakeEhr) -> None:
     patients = ["Patient/drug", "Patient/gone", "Patient/itp", "Patient/other"]
     with _client(ehr) as client:
-        batch = fetch_cohort(client, SEARCHES, RULE, patients)
+        batch = fetch_cohort(client, SEARCHES, _rule(), patients)
     assert [r.patient for r in batch.records] == ["Patient/drug", "Patient/itp"]
     drug, itp = batch.records
     assert _ids(itp) == sorted(
@@ -173,7 +177,7 @@ def test_a_drug_in_a_cited_medications_ingredient_decides_the_cohort(ehr: FakeEh
         {"resourceType": "Medication", "id": "m2", "code": _coded(ATC, ROMIPLOSTIM)},
     )
     with _client(ehr) as client:
-        batch = fetch_cohort(client, SEARCHES, RULE, ["Patient/other"])
+        batch = fetch_cohort(client, SEARCHES, _rule(), ["Patient/other"])
     assert [r.patient for r in batch.records] == ["Patient/other"]
     # each Medication read once: the one the use cites, then its ingredient
     reads = [r.url.path for r in ehr.requests if "/Medication/" in r.url.path]
@@ -183,7 +187,7 @@ def test_a_drug_in_a_cited_medications_ingredient_decides_the_cohort(ehr: FakeEh
 def test_one_patients_failure_costs_only_that_patient(ehr: FakeEhr) -> None:
     ehr.faults["Observation?patient=itp&_count=500"] = [httpx.Response(500)]
     with _client(ehr, max_retries=0) as client:
-        batch = fetch_cohort(client, SEARCHES, RULE, ["Patient/drug", "Patient/itp"])
+        batch = fetch_cohort(client, SEARCHES, _rule(), ["Patient/drug", "Patient/itp"])
     assert [r.patient for r in batch.records] == ["Patient/drug"]
     (issue,) = batch.issues
     assert issue.where == "Patient/itp"
@@ -197,7 +201,7 @@ def test_429_with_retry_after_is_honoured(ehr: FakeEhr) -> None:
     ]
     waits: list[float] = []
     with _client(ehr, waits) as client:
-        batch = fetch_cohort(client, SEARCHES, RULE, ["Patient/itp"])
+        batch = fetch_cohort(client, SEARCHES, _rule(), ["Patient/itp"])
     assert waits == [3.0]
     assert [r.patient for r in batch.records] == ["Patient/itp"]
     assert not batch.issues

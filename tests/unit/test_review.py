@@ -10,6 +10,7 @@ import pytest
 
 from fhir_match.config import FhirSettings
 from fhir_match.errors import ConfigError
+from fhir_match.evaluate.engine import translate_cql
 from fhir_match.evaluate.study import load_study
 from fhir_match.fhir import FhirClient
 from fhir_match.records import Json
@@ -333,6 +334,7 @@ def test_evidence_dates_follow_the_rules_and_the_site_time_zone() -> None:
 
 def test_platelet_counts_read_in_the_studys_unit_beside_the_records() -> None:
     """Defect: summaries in 10^9/L, evidence in the record's "/mm3" or "10*3/uL"."""
+    translate_cql()  # the normaliser reads the value sets the translated CQL uses
     normaliser = load_normaliser(load_study("kn5501"))
     loinc = {"coding": [{"system": "http://loinc.org", "code": "777-3"}]}
 
