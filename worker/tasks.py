@@ -11,13 +11,15 @@ Every task is idempotent, so a redelivered task (``acks_late``) changes nothing 
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import redis
 from celery import Task
@@ -535,6 +537,7 @@ def _watch(
         recorded=runs.recorded_batches(store, run.id) if in_redis else set(),
         started=runs.started_batches(store, run.id) if in_redis else {},
         held={batch for run_id, batch in held if run_id == run.id},
+        queued=_queued_batches(store, queue, run.id) if in_redis else set(),
         queue_waiting=int(store.llen(queue)),
     )
     action = watchdog.verdict(
@@ -564,6 +567,24 @@ def _watch(
             runs.release_lock(store, run.scope, run.id)
             _record_failure(lost, run.study_ref)
         done["failed"].append(run.id)
+
+
+def _queued_batches(store: redis.Redis, queue: str, run_id: str) -> set[int]:
+    """The run's batches whose tasks wait in ``queue`` (Celery's messages in the Redis list:
+    the task's name in the headers, its arguments, run id and batch first, in the body).
+    A message that cannot be read is no batch of this run."""
+    found: set[int] = set()
+    for raw in cast(list[bytes], store.lrange(queue, 0, -1)):
+        try:
+            message = json.loads(raw)
+            if message["headers"]["task"] != screen_patients.name:
+                continue
+            args = json.loads(base64.b64decode(message["body"]))[0]
+        except (ValueError, KeyError, TypeError, IndexError):
+            continue
+        if isinstance(args, list) and len(args) > 1 and args[0] == run_id:
+            found.add(int(args[1]))
+    return found
 
 
 def _idle_s(run: Run, moment: datetime) -> float:

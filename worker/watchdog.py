@@ -58,8 +58,11 @@ class Seen:
     """When each batch task last began."""
     held: Set[int]
     """Batches a live worker runs, holds or waits to retry, by the workers' own answer."""
+    queued: Set[int]
+    """This run's batches whose tasks wait in its queue (read from the queue itself: other
+    tasks waiting there, such as the watchdog's own, say nothing about a batch)."""
     queue_waiting: int
-    """Tasks waiting in the run's queue: while there are, a batch not begun is queued."""
+    """Tasks waiting in the run's queue: while there are, a run's first task may be queued."""
 
 
 def _seconds_since(instant: str, now: datetime) -> float:
@@ -77,9 +80,9 @@ def verdict(
 ) -> Action:
     """What to do about ``run`` (None: leave it).
 
-    A batch is lost when no live worker holds it and it either began (its worker died
-    under it) or never began while nothing waits in the queue (its task died with a
-    worker that had taken it, or with Redis); and, whatever the workers say, when it began
+    A batch is lost when no live worker holds it and its task is not waiting in the queue
+    (its worker died under it, or its task died with a worker that had taken it, or with
+    Redis); and, whatever the workers say, when it began
     longer ago than a batch may run, or a worker has held it unbegun for longer than that
     with nothing done meanwhile (a worker that lost its broker keeps such a task and never
     runs it). Batches waiting in the queue, or still running, are left alone however long
@@ -113,7 +116,7 @@ def verdict(
         n
         for n in missing
         if (n in seen.started and _seconds_since(seen.started[n], now) > batch_limit_s)
-        or (n not in seen.held and (n in seen.started or seen.queue_waiting == 0))
+        or (n not in seen.held and n not in seen.queued)
         or (n in seen.held and n not in seen.started and idle > batch_limit_s)
     )
     if not lost:

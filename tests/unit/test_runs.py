@@ -43,6 +43,7 @@ def _verdict(
     *,
     started: dict[int, str] | None = None,
     held: set[int] | None = None,
+    queued: set[int] | None = None,
     queue_waiting: int = 0,
 ) -> watchdog.Action:
     seen = watchdog.Seen(
@@ -51,6 +52,7 @@ def _verdict(
         recorded=recorded,
         started=started if started is not None else {n: _at(5) for n in range(4)},
         held=held or set(),
+        queued=queued or set(),
         queue_waiting=queue_waiting,
     )
     return watchdog.verdict(
@@ -69,8 +71,15 @@ def test_a_stalled_run_gets_the_batches_no_live_worker_holds_sent_again() -> Non
 
 def test_a_batch_a_worker_still_runs_or_that_waits_in_the_queue_is_not_lost() -> None:
     assert _verdict(_running(11), {0, 1}, held={2, 3}) is None
-    waiting = _verdict(_running(11), {0, 1}, started={}, queue_waiting=5)
+    waiting = _verdict(_running(11), {0, 1}, started={}, queued={2, 3}, queue_waiting=5)
     assert waiting is None  # queued behind other work, however long that takes
+
+
+def test_other_tasks_in_the_queue_do_not_hide_a_lost_batch() -> None:
+    """The watchdog's own tasks wait in the run's queue too: a batch a killed worker had
+    taken is in neither the queue nor any live worker's hands."""
+    lost = _verdict(_running(11), {0, 1}, started={}, queued={3}, queue_waiting=5)
+    assert lost == watchdog.Resend((2,))
 
 
 def test_a_batch_older_than_its_time_limit_is_lost_whatever_the_workers_say() -> None:
