@@ -19,7 +19,6 @@ from fhir_match.cohort import find_cohort
 from fhir_match.config import Settings
 from fhir_match.errors import FatalFhirError
 from fhir_match.evaluate.study import load_study
-from fhir_match.exported import CohortRule
 from fhir_match.fetch import fetch_records
 from fhir_match.fhir import FhirClient
 from fhir_match.patient_list import fetch_cohort, registry
@@ -70,7 +69,7 @@ def test_a_seeded_group_finds_the_search_paths_cohort_and_records_one_patient_at
         batch = fetch_cohort(
             client,
             setup.records,
-            CohortRule.of(setup.study, setup.normaliser.terminology),
+            setup.cohort_rule,
             found.patients,
         )
 
@@ -94,16 +93,12 @@ def test_a_quota_is_kept_by_fhir_max_rate_or_its_429s_honoured(
 ) -> None:
     setup = study_setup(STUDY)
     sample = sorted(population.expected)[:SAMPLE]
-    expected = fetch_cohort(
-        fhir, setup.records, CohortRule.of(setup.study, setup.normaliser.terminology), sample
-    )
+    expected = fetch_cohort(fhir, setup.records, setup.cohort_rule, sample)
     with (
         StrictEhr(settings.fhir.base_url, rate_per_s=10) as ehr,
         through(settings, ehr, max_rate=our_rate) as client,
     ):
-        batch = fetch_cohort(
-            client, setup.records, CohortRule.of(setup.study, setup.normaliser.terminology), sample
-        )
+        batch = fetch_cohort(client, setup.records, setup.cohort_rule, sample)
     assert record_ids(list(batch.records)) == record_ids(list(expected.records))
     assert not batch.issues
     assert set(ehr.refused) == ({"rate-limit"} if refused else set())
